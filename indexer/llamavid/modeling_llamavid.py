@@ -1,0 +1,82 @@
+"""LLaMA-VID: every frame becomes a context token (what in it matters for the question) and
+content tokens (what it shows), spliced into a LLaMA prompt in place of `<image>` placeholders.
+
+Order of the data flow: vision tower -> Q-Former text queries -> context attention -> content
+pooling -> content projector -> the LLM.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM
+
+from indexer.llamavid.configuration_llamavid import LlamaVidConfig
+from indexer.llamavid.modeling_content import ContentPooling, ContentProjector
+from indexer.llamavid.modeling_context import ContextAttention
+from indexer.llamavid.modeling_qformer import QFormerTextQueries
+from indexer.llamavid.modeling_vision import EvaVisionTower
+from indexer.llamavid.tokenization import IMAGE_TOKEN_INDEX
+
+
+class LlamaVidModel(nn.Module):
+    def __init__(self, config: LlamaVidConfig):
+        super().__init__()
+        self.config = config
+        self.vision_tower = EvaVisionTower(config.vision)
+        self.text_queries = QFormerTextQueries(config)
+        self.context_attention = ContextAttention(config)
+        self.content_pooling = ContentPooling(config)
+        self.content_projector = ContentProjector(config)
+        llm_config = config.llm_config()
+        llm_config._attn_implementation = "sdpa"
+        self.language_model = LlamaForCausalLM(llm_config)
+
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # pixel_values: (T, 3, S, S) -> (T, 1 + N, C)
+        return self.vision_tower(pixel_values)
+
+    def patches_of(self, features: torch.Tensor) -> torch.Tensor:
+        """The patch features that keys and content tokens use. The official rule: with
+        `mm_vision_select_feature` "patch", an odd token count means a CLS token leads, and it goes."""
+        if self.config.mm_vision_select_feature == "patch" and features.shape[1] % 2 == 1:
+            return features[:, 1:]  # (T, N, C)
+        return features
+
+    def frame_tokens(self, features: torch.Tensor, qformer_ids: torch.Tensor,
+                     qformer_mask: torch.Tensor) -> torch.Tensor:
+        # features: (T, n, C), with CLS (short-video path) or without (long-video path)
+        text_queries = self.text_queries(features, qformer_ids, qformer_mask)  # (T, Q, C)
+        patches = self.patches_of(features)  # (T, N, C)
+        context = self.context_attention(text_queries, patches)  # (T, 1, D)
+        content = self.content_projector(self.content_pooling(patches))  # (T, P, D)
+        return torch.cat([context, content], dim=1)  # (T, 1 + P, D)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.get_input_embeddings()(ids)
+
+    def inputs_embeds(self, ids: torch.Tensor, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """Splice frame tokens into the prompt embedding. ids: (L,) with IMAGE_TOKEN_INDEX at the
+        placeholders; frame_tokens: (T, 1 + P, D). One placeholder takes the whole clip (short-video
+        prompt); otherwise there must be one placeholder per frame token (movie prompt)."""
+        flat = frame_tokens.reshape(-1, frame_tokens.shape[-1])  # (T * (1 + P), D)
+        is_image = ids == IMAGE_TOKEN_INDEX
+        num_placeholders = int(is_image.sum())
+        text_embeds = self.embed_ids(ids.clamp(min=0))  # (L, D)
+        if num_placeholders == 1:
+            at = int(is_image.nonzero()[0])
+            return torch.cat([text_embeds[:at], flat.to(text_embeds.dtype), text_embeds[at + 1:]])  # (L - 1 + T(1+P), D)
+        if num_placeholders != flat.shape[0]:
+            raise ValueError(f"the prompt has {num_placeholders} <image> placeholders but there are "
+                             f"{flat.shape[0]} frame tokens ({frame_tokens.shape[0]} frames x "
+                             f"{frame_tokens.shape[1]} tokens); use 1 placeholder (video) or one per token (movie)")
+        embeds = text_embeds.clone()
+        embeds[is_image] = flat.to(embeds.dtype)
+        return embeds  # (L, D)
+
+    def logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        # inputs_embeds: (L, D) -> (L, vocab)
+        return self.language_model(inputs_embeds=inputs_embeds[None], use_cache=False).logits[0]
+
+
+__all__ = ["LlamaVidModel"]

@@ -1,0 +1,270 @@
+"""`LlamaVid`: an official LLaMA-VID checkpoint loaded for inference, from frames to answers.
+
+    m = LlamaVid.from_pretrained(model_dir)
+    pixel_values = m.preprocess(frames)            # uint8 [T,H,W,3] -> float [T,3,S,S]
+    features = m.encode_frames(pixel_values)       # [T, 1+N, C], CLS first
+    tokens = m.frame_tokens(features, question)    # [T, 1+P, D]: context token, then P content tokens
+    ids = m.prompt_ids(question, T, mode="movie")  # LongTensor [L], -200 at placeholders
+    embeds = m.inputs_embeds(ids, tokens)          # [L', D]
+    logits = m.logits(embeds)                      # [L', vocab]
+    new_ids = m.generate(embeds, max_new_tokens=64)
+    text = m.answer(question, features)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import GenerationConfig
+from transformers.models.clip import CLIPImageProcessorPil
+
+from indexer.llamavid import checkpoint as ckpt
+from indexer.llamavid.configuration_llamavid import LlamaVidConfig
+from indexer.llamavid.conversation import (Conversation, first_user_message, get_template, movie_frames_text,
+                                           video_frames_text)
+from indexer.llamavid.modeling_llamavid import LlamaVidModel
+from indexer.llamavid.tokenization import LlamaPromptTokenizer, load_qformer_tokenizer, qformer_inputs
+
+logger = logging.getLogger(__name__)
+
+PromptMode = Literal["video", "movie"]
+
+
+class LlamaVid:
+    def __init__(self, model: LlamaVidModel, image_processor: CLIPImageProcessorPil,
+                 tokenizer: LlamaPromptTokenizer, qformer_tokenizer, generation_config: GenerationConfig,
+                 model_dir: Path):
+        self.model = model.eval()
+        self.config: LlamaVidConfig = model.config
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.qformer_tokenizer = qformer_tokenizer
+        self.generation_config = generation_config
+        self.model_dir = model_dir
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, vision_tower: str | os.PathLike | None = None,
+                        image_processor: str | os.PathLike | None = None, qformer: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "LlamaVid":
+        """Load an official release folder (or hub repo id). `vision_tower`, `image_processor` and
+        `qformer` override the paths that config.json names (None: as config.json says)."""
+        model_dir = ckpt.resolve_model_dir(model_dir)
+        assets = resolve_assets(model_dir, vision_tower, image_processor, qformer)
+        model_config = read_model_config(model_dir)
+        llm_state = ckpt.load_model_weights(model_dir)
+        eva_state = ckpt.load_eva_weights(assets.vision_tower)
+        bert_config = json.loads((assets.qformer / "config.json").read_text()) \
+            if (assets.qformer / "config.json").is_file() else {}
+        processor = ckpt.read_processor_settings(assets.image_processor)
+        config = ckpt.build_config(model_config, eva_state, llm_state, bert_config, processor)
+
+        with torch.device("meta"):
+            model = LlamaVidModel(config)
+        model = model.to(dtype=dtype).to_empty(device=device)
+        weights = ckpt.convert_official_weights(llm_state, eva_state, config)
+        ckpt.load_into(model, weights, str(model_dir))
+        _init_non_persistent_buffers(model, device)
+        del llm_state, eva_state, weights
+
+        generation_file = model_dir / "generation_config.json"
+        generation_config = (GenerationConfig.from_pretrained(str(model_dir)) if generation_file.is_file()
+                             else GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        return cls(model, CLIPImageProcessorPil.from_pretrained(str(assets.image_processor)),
+                   LlamaPromptTokenizer.from_model_dir(model_dir), load_qformer_tokenizer(assets.qformer),
+                   generation_config, model_dir)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.context_attention.key_projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.context_attention.key_projector.weight.dtype
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.config.tokens_per_frame
+
+    # -- frames -> features -> tokens -------------------------------------------------------------
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 RGB frames [T, H, W, 3] -> CLIP-normalised pixels [T, 3, S, S] (resize the shortest
+        edge, center crop, rescale, normalize, as the checkpoint's processor config says)."""
+        if not isinstance(frames, np.ndarray):
+            raise TypeError(f"frames must be a numpy array of uint8 RGB frames [T,H,W,3], got {type(frames).__name__}")
+        if frames.dtype != np.uint8:
+            raise TypeError(f"frames must have dtype uint8 (RGB 0..255), got {frames.dtype}")
+        if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+            raise ValueError(f"frames must have shape [T, H, W, 3] with T, H, W > 0, got {list(frames.shape)}")
+        pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
+        return pixels.to(device=self.device, dtype=self.dtype)  # (T, 3, S, S)
+
+    @torch.inference_mode()
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower output [T, 1+N, C] with the CLS token first."""
+        size = self.config.vision.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise ValueError(f"pixel_values must have shape [T, 3, {size}, {size}] (use preprocess()), "
+                             f"got {list(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be floating point (use preprocess()), got {pixel_values.dtype}")
+        return self.model.encode_frames(pixel_values.to(device=self.device, dtype=self.dtype))
+
+    @torch.inference_mode()
+    def frame_tokens(self, features: torch.Tensor, question: str) -> torch.Tensor:
+        """[T, 1+P, D] LLM-space tokens per frame: the question's context token, then the content
+        tokens. Features with CLS take the short-video path; `features[:, 1:]` the long-video path."""
+        self._check_features(features)
+        ids, mask = qformer_inputs(self.qformer_tokenizer, _check_question(question))
+        return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype),
+                                       ids.to(self.device), mask.to(self.device))
+
+    @torch.inference_mode()
+    def context_scores(self, features: torch.Tensor, question: str) -> torch.Tensor:
+        """How strongly the question's text queries attend to each frame's patches, [T, Q, N]."""
+        self._check_features(features)
+        ids, mask = qformer_inputs(self.qformer_tokenizer, _check_question(question))
+        features = features.to(device=self.device, dtype=self.dtype)
+        text_queries = self.model.text_queries(features, ids.to(self.device), mask.to(self.device))
+        return self.model.context_attention.scores(text_queries, self.model.patches_of(features))
+
+    # -- prompt -> embeddings -> LLM --------------------------------------------------------------
+    def prompt_text(self, question: str, num_frames: int, mode: PromptMode = "video",
+                    subtitles: dict[int, str] | None = None, conv_mode: str = "vicuna_v1") -> str:
+        if mode == "video":
+            frames_text = video_frames_text(num_frames)
+        elif mode == "movie":
+            frames_text = movie_frames_text(num_frames, self.tokens_per_frame, subtitles)
+        else:
+            raise ValueError(f"mode must be 'video' or 'movie', got {mode!r}")
+        conversation = Conversation(get_template(conv_mode))
+        conversation.add_user(first_user_message(frames_text, _check_question(question)))
+        return conversation.prompt()
+
+    def prompt_ids(self, question: str, num_frames: int, mode: PromptMode = "video",
+                   subtitles: dict[int, str] | None = None, conv_mode: str = "vicuna_v1") -> torch.Tensor:
+        """LongTensor [L] of the templated prompt, IMAGE_TOKEN_INDEX (-200) at the placeholders."""
+        return self.tokenizer.encode_with_images(self.prompt_text(question, num_frames, mode, subtitles, conv_mode))
+
+    @torch.inference_mode()
+    def inputs_embeds(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[L', D]: text embeddings with the frame tokens spliced in at the placeholders."""
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be 1-D [L], got shape {list(ids.shape)}")
+        if tokens.ndim != 3 or tokens.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"tokens must have shape [T, 1+P, {self.config.hidden_size}], got {list(tokens.shape)}")
+        return self.model.inputs_embeds(ids.to(self.device), tokens.to(device=self.device, dtype=self.dtype))
+
+    @torch.inference_mode()
+    def logits(self, embeds: torch.Tensor) -> torch.Tensor:
+        """[L', vocab] next-token logits at every position."""
+        return self.model.logits(self._check_embeds(embeds))
+
+    @torch.inference_mode()
+    def generate(self, embeds: torch.Tensor, max_new_tokens: int = 64, do_sample: bool = False,
+                 **sampling) -> list[int]:
+        """New token ids after the prompt, up to and including eos. Sampling uses the checkpoint's
+        generation_config.json (temperature, top_p) unless `sampling` overrides them."""
+        embeds = self._check_embeds(embeds)
+        defaults = self.generation_config
+        options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   eos_token_id=self.tokenizer.eos_id, pad_token_id=defaults.pad_token_id or 0)
+        if do_sample:
+            options.update(temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k, **sampling)
+        out = self.model.language_model.generate(
+            inputs_embeds=embeds[None], generation_config=options,
+            attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=self.device))
+        return out[0].tolist()
+
+    def answer(self, question: str, features: torch.Tensor, subtitles: dict[int, str] | None = None,
+               max_new_tokens: int = 64, do_sample: bool = False, conv_mode: str = "vicuna_v1", **sampling) -> str:
+        """Answer over frames with the movie prompt (long-video path; a leading CLS is dropped)."""
+        self._check_features(features)
+        if features.shape[1] == self.config.vision.num_patches + 1:
+            features = features[:, 1:]
+        tokens = self.frame_tokens(features, question)
+        ids = self.prompt_ids(question, features.shape[0], mode="movie", subtitles=subtitles, conv_mode=conv_mode)
+        new_ids = self.generate(self.inputs_embeds(ids, tokens), max_new_tokens, do_sample, **sampling)
+        text = self.tokenizer.decode(new_ids).strip()
+        stop = get_template(conv_mode).stop_str
+        return text[: -len(stop)].strip() if stop and text.endswith(stop) else text
+
+    # -- checks -----------------------------------------------------------------------------------
+    def _check_features(self, features: torch.Tensor) -> None:
+        width = self.config.vision.width
+        if not isinstance(features, torch.Tensor) or features.ndim != 3 or features.shape[-1] != width \
+                or 0 in features.shape:
+            shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"features must be a tensor [T, N or 1+N, {width}] from encode_frames(), got {shape}")
+
+    def _check_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        if embeds.ndim != 2 or embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"embeds must have shape [L, {self.config.hidden_size}], got {list(embeds.shape)}")
+        return embeds.to(device=self.device, dtype=self.dtype)
+
+
+def _check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r}")
+    return question
+
+
+# -- loading helpers ------------------------------------------------------------------------------
+class ResolvedAssets:
+    def __init__(self, vision_tower: Path, image_processor: Path, qformer: Path):
+        self.vision_tower, self.image_processor, self.qformer = vision_tower, image_processor, qformer
+
+
+def read_model_config(model_dir: Path) -> dict:
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ckpt.CheckpointError(f"{model_dir} has no config.json: not a LLaMA-VID model folder")
+    return json.loads(config_file.read_text())
+
+
+def resolve_assets(model_dir: Path, vision_tower=None, image_processor=None, qformer=None) -> ResolvedAssets:
+    """The three files a release names outside its own folder, found as the official code finds
+    them, then relative to the model folder; the image processor falls back to the official
+    processor configs bundled with this package."""
+    config = read_model_config(model_dir)
+    tower_name = str(vision_tower or config.get("mm_vision_tower") or "./model_zoo/LAVIS/eva_vit_g.pth")
+    if "openai" in tower_name.lower() or "laion" in tower_name.lower():
+        raise ckpt.CheckpointError(f"vision tower {tower_name!r} is a CLIP tower; this project runs the "
+                                   "EVA ViT-g (LAVIS) towers that the LLaMA-VID video checkpoints use")
+    tower = ckpt.resolve_asset(
+        tower_name, model_dir, "vision tower",
+        f"Download LAVIS' EVA ViT-g ({ckpt.EVA_VIT_G_URL}) to ./model_zoo/LAVIS/eva_vit_g.pth or pass "
+        "vision_tower=PATH")
+    processor_name = str(image_processor or config.get("image_processor") or "./llamavid/processor/clip-patch14-224")
+    try:
+        processor = ckpt.resolve_asset(processor_name, model_dir, "image processor", "")
+    except FileNotFoundError:
+        bundled = ckpt.BUNDLED_PROCESSORS / Path(processor_name).name
+        if not bundled.is_dir():
+            raise FileNotFoundError(
+                f"image processor {processor_name!r} not found next to the model or in the working directory, "
+                f"and it is not one of the bundled official configs {sorted(p.name for p in ckpt.BUNDLED_PROCESSORS.iterdir())}; "
+                "pass image_processor=PATH to a folder with preprocessor_config.json") from None
+        processor = bundled
+    qformer_dir = ckpt.resolve_qformer_dir(str(qformer or ckpt.DEFAULT_QFORMER), model_dir)
+    return ResolvedAssets(tower, processor, qformer_dir)
+
+
+def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.device) -> None:
+    """Buffers that are computed, not stored (built on the meta device, so compute them now)."""
+    embeddings = model.text_queries.qformer.embeddings
+    embeddings.position_ids = torch.arange(embeddings.position_ids.shape[-1], device=device).expand(1, -1)
+    rotary = model.language_model.model.rotary_emb
+    fresh = type(rotary)(rotary.config)  # float32 frequencies, whatever the model dtype
+    rotary.inv_freq = fresh.inv_freq.to(device)
+    rotary.original_inv_freq = fresh.original_inv_freq.to(device)
+    rotary.attention_scaling = fresh.attention_scaling
+
+
+__all__ = ["LlamaVid", "resolve_assets", "read_model_config"]
