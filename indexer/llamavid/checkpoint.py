@@ -134,6 +134,11 @@ def load_eva_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_bert_config(bert_dir: Path) -> dict:
+    config_file = bert_dir / "config.json"
+    return json.loads(config_file.read_text()) if config_file.is_file() else {}
+
+
 # -- building the config from config.json and the weights -----------------------------------------
 @dataclass(frozen=True)
 class ProcessorSettings:
@@ -322,6 +327,6 @@ def load_into(model: torch.nn.Module, weights: ConvertedWeights, source: str) ->
 
 
 __all__ = ["CheckpointError", "ProcessorSettings", "ConvertedWeights", "resolve_model_dir", "resolve_asset",
-           "resolve_qformer_dir", "load_model_weights", "load_eva_weights", "read_processor_settings",
+           "resolve_qformer_dir", "read_bert_config", "load_model_weights", "load_eva_weights", "read_processor_settings",
            "build_config", "convert_official_weights", "load_into", "BUNDLED_PROCESSORS", "EVA_VIT_G_URL",
            "DEFAULT_QFORMER"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,14 +39,14 @@ PromptMode = Literal["video", "movie"]
 
 class LlamaVid:
     def __init__(self, model: LlamaVidModel, image_processor: CLIPImageProcessorPil,
-                 tokenizer: LlamaPromptTokenizer, qformer_tokenizer, generation_config: GenerationConfig,
+                 tokenizer: LlamaPromptTokenizer, qformer_tokenizer, generation_defaults: dict,
                  model_dir: Path):
         self.model = model.eval()
         self.config: LlamaVidConfig = model.config
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.qformer_tokenizer = qformer_tokenizer
-        self.generation_config = generation_config
+        self.generation_defaults = generation_defaults  # the checkpoint's generation_config.json
         self.model_dir = model_dir
 
     # -- loading ----------------------------------------------------------------------------------
@@ -60,8 +61,7 @@ class LlamaVid:
         model_config = read_model_config(model_dir)
         llm_state = ckpt.load_model_weights(model_dir)
         eva_state = ckpt.load_eva_weights(assets.vision_tower)
-        bert_config = json.loads((assets.qformer / "config.json").read_text()) \
-            if (assets.qformer / "config.json").is_file() else {}
+        bert_config = ckpt.read_bert_config(assets.qformer)
         processor = ckpt.read_processor_settings(assets.image_processor)
         config = ckpt.build_config(model_config, eva_state, llm_state, bert_config, processor)
 
@@ -74,11 +74,10 @@ class LlamaVid:
         del llm_state, eva_state, weights
 
         generation_file = model_dir / "generation_config.json"
-        generation_config = (GenerationConfig.from_pretrained(str(model_dir)) if generation_file.is_file()
-                             else GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        generation_defaults = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
         return cls(model, CLIPImageProcessorPil.from_pretrained(str(assets.image_processor)),
                    LlamaPromptTokenizer.from_model_dir(model_dir), load_qformer_tokenizer(assets.qformer),
-                   generation_config, model_dir)
+                   generation_defaults, model_dir)
 
     @property
     def device(self) -> torch.device:
@@ -172,11 +171,12 @@ class LlamaVid:
         """New token ids after the prompt, up to and including eos. Sampling uses the checkpoint's
         generation_config.json (temperature, top_p) unless `sampling` overrides them."""
         embeds = self._check_embeds(embeds)
-        defaults = self.generation_config
-        options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                   eos_token_id=self.tokenizer.eos_id, pad_token_id=defaults.pad_token_id or 0)
+        options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=self.tokenizer.eos_id,
+                                   pad_token_id=self.generation_defaults.get("pad_token_id") or 0)
         if do_sample:
-            options.update(temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k, **sampling)
+            defaults = {k: self.generation_defaults[k] for k in ("temperature", "top_p", "top_k")
+                        if k in self.generation_defaults}
+            options.update(**(defaults | sampling))
         out = self.model.language_model.generate(
             inputs_embeds=embeds[None], generation_config=options,
             attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=self.device))
@@ -216,9 +216,11 @@ def _check_question(question: str) -> str:
 
 
 # -- loading helpers ------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class ResolvedAssets:
-    def __init__(self, vision_tower: Path, image_processor: Path, qformer: Path):
-        self.vision_tower, self.image_processor, self.qformer = vision_tower, image_processor, qformer
+    vision_tower: Path
+    image_processor: Path
+    qformer: Path
 
 
 def read_model_config(model_dir: Path) -> dict:
@@ -228,32 +230,36 @@ def read_model_config(model_dir: Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def resolve_assets(model_dir: Path, vision_tower=None, image_processor=None, qformer=None) -> ResolvedAssets:
-    """The three files a release names outside its own folder, found as the official code finds
-    them, then relative to the model folder; the image processor falls back to the official
-    processor configs bundled with this package."""
-    config = read_model_config(model_dir)
-    tower_name = str(vision_tower or config.get("mm_vision_tower") or "./model_zoo/LAVIS/eva_vit_g.pth")
-    if "openai" in tower_name.lower() or "laion" in tower_name.lower():
-        raise ckpt.CheckpointError(f"vision tower {tower_name!r} is a CLIP tower; this project runs the "
+def resolve_vision_tower(model_dir: Path, config: dict, override=None) -> Path:
+    name = str(override or config.get("mm_vision_tower") or "./model_zoo/LAVIS/eva_vit_g.pth")
+    if "openai" in name.lower() or "laion" in name.lower():
+        raise ckpt.CheckpointError(f"vision tower {name!r} is a CLIP tower; this project runs the "
                                    "EVA ViT-g (LAVIS) towers that the LLaMA-VID video checkpoints use")
-    tower = ckpt.resolve_asset(
-        tower_name, model_dir, "vision tower",
-        f"Download LAVIS' EVA ViT-g ({ckpt.EVA_VIT_G_URL}) to ./model_zoo/LAVIS/eva_vit_g.pth or pass "
-        "vision_tower=PATH")
-    processor_name = str(image_processor or config.get("image_processor") or "./llamavid/processor/clip-patch14-224")
+    return ckpt.resolve_asset(name, model_dir, "vision tower",
+                              f"Download LAVIS' EVA ViT-g ({ckpt.EVA_VIT_G_URL}) to ./model_zoo/LAVIS/eva_vit_g.pth "
+                              "or pass vision_tower=PATH")
+
+
+def resolve_image_processor(model_dir: Path, config: dict, override=None) -> Path:
+    """As config.json names it; else the official processor config of that name bundled here."""
+    name = str(override or config.get("image_processor") or "./llamavid/processor/clip-patch14-224")
+    bundled = ckpt.BUNDLED_PROCESSORS / Path(name).name
     try:
-        processor = ckpt.resolve_asset(processor_name, model_dir, "image processor", "")
+        return ckpt.resolve_asset(name, model_dir, "image processor",
+                                  "Pass image_processor=PATH to a folder with preprocessor_config.json")
     except FileNotFoundError:
-        bundled = ckpt.BUNDLED_PROCESSORS / Path(processor_name).name
-        if not bundled.is_dir():
-            raise FileNotFoundError(
-                f"image processor {processor_name!r} not found next to the model or in the working directory, "
-                f"and it is not one of the bundled official configs {sorted(p.name for p in ckpt.BUNDLED_PROCESSORS.iterdir())}; "
-                "pass image_processor=PATH to a folder with preprocessor_config.json") from None
-        processor = bundled
-    qformer_dir = ckpt.resolve_qformer_dir(str(qformer or ckpt.DEFAULT_QFORMER), model_dir)
-    return ResolvedAssets(tower, processor, qformer_dir)
+        if override is None and bundled.is_dir():
+            return bundled
+        raise
+
+
+def resolve_assets(model_dir: Path, vision_tower=None, image_processor=None, qformer=None) -> ResolvedAssets:
+    """The three things a release names outside its own folder, found as the official code finds
+    them (from the working directory), then relative to the model folder and its parents."""
+    config = read_model_config(model_dir)
+    return ResolvedAssets(resolve_vision_tower(model_dir, config, vision_tower),
+                          resolve_image_processor(model_dir, config, image_processor),
+                          ckpt.resolve_qformer_dir(str(qformer or ckpt.DEFAULT_QFORMER), model_dir))
 
 
 def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.device) -> None:
@@ -267,4 +273,5 @@ def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.devic
     rotary.attention_scaling = fresh.attention_scaling
 
 
-__all__ = ["LlamaVid", "resolve_assets", "read_model_config"]
+__all__ = ["LlamaVid", "ResolvedAssets", "resolve_assets", "resolve_vision_tower", "resolve_image_processor",
+           "read_model_config"]

@@ -1,0 +1,98 @@
+"""`vidx`: the command line of llamavid-indexer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("indexer")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from indexer.llamavid.info import describe
+
+    info = describe(args.model, vision_tower=args.vision_tower, image_processor=args.image_processor,
+                    qformer=args.qformer)
+    print("\n".join(info.lines()))
+    return 1 if info.missing else 0
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from indexer.llamavid.tiny import TinySpec, make_tiny_checkpoint
+
+    spec = TinySpec(compress_type=args.compress_type, mm_projector_type=args.projector, bert_type=args.bert_type,
+                    num_query=args.num_query, weights_format=args.format, weights_dtype=args.dtype)
+    print(make_tiny_checkpoint(args.out, spec))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Built-in defaults end to end: a tiny random LLaMA-VID in the official layout, a generated
+    clip, both prompt paths, and an answer. Real checkpoints use the same calls."""
+    import numpy as np
+
+    from indexer.llamavid import LlamaVid
+    from indexer.llamavid.tiny import make_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else make_tiny_checkpoint(tmp)
+        model = LlamaVid.from_pretrained(model_dir)
+        t = np.linspace(0, 1, args.frames)[:, None, None, None]
+        ys, xs = np.mgrid[0:180, 0:320]
+        frames = ((np.stack([xs / 320, ys / 180, np.zeros_like(xs)], -1)[None] * 200 + t * 55)).astype(np.uint8)
+        features = model.encode_frames(model.preprocess(frames))
+        tokens = model.frame_tokens(features[:, 1:], args.question)
+        print(f"model: {model_dir}")
+        print(f"frames: {frames.shape[0]} -> features {list(features.shape)} -> tokens {list(tokens.shape)} "
+              f"({model.tokens_per_frame} per frame)")
+        answer = model.answer(args.question, features, subtitles={0: "Hello there."}, max_new_tokens=16)
+        print(f"question: {args.question}\nanswer: {answer!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidx", description="Index and question hours of video with LLaMA-VID.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe a LLaMA-VID model folder")
+    info.add_argument("model", help="model folder (or hub repo id) with config.json and weights")
+    info.add_argument("--vision-tower", help="eva_vit_g.pth to use instead of the one config.json names")
+    info.add_argument("--image-processor", help="processor folder to use instead of the one config.json names")
+    info.add_argument("--qformer", help="bert-base-uncased folder (config.json, vocab.txt)")
+    info.set_defaults(func=_cmd_info)
+
+    tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout (for tests)")
+    tiny.add_argument("out", help="folder to create; the model folder is OUT/model")
+    tiny.add_argument("--compress-type", default="mean", help="'mean' or 'grid:N'")
+    tiny.add_argument("--projector", default="mlp2x_gelu", help="'linear' or 'mlpNx_gelu'")
+    tiny.add_argument("--bert-type", default="qformer_pretrain")
+    tiny.add_argument("--num-query", type=int, default=16)
+    tiny.add_argument("--format", choices=["bin", "safetensors"], default="bin")
+    tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    tiny.set_defaults(func=_cmd_tiny)
+
+    demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
+    demo.add_argument("--model", help="a real model folder instead of the tiny random one")
+    demo.add_argument("--frames", type=int, default=8)
+    demo.add_argument("--question", default="What is happening in this video?")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"vidx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
