@@ -29,7 +29,9 @@ class QFormerTextQueries(nn.Module):
         self.qformer = InstructBlipQFormerModel(hf_config)
         self.projector = nn.Linear(qcfg.hidden_size, config.vision.width)
 
-    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def query_states(self, features: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> torch.Tensor:
+        """The Q-Former's output at the learned queries, (T, Q, H)."""
         # features: (T, n, C) exactly as given (CLS included on the short-video path)
         # input_ids, attention_mask: (1, L) for the question, shared by every frame
         num_frames = features.shape[0]
@@ -50,7 +52,10 @@ class QFormerTextQueries(nn.Module):
             encoder_hidden_states=visual,
             encoder_attention_mask=torch.ones(visual.shape[:2], dtype=torch.long, device=visual.device),
         ).last_hidden_state  # (T, Q + L, H)
-        return self.projector(hidden[:, :num_query])  # (T, Q, C)
+        return hidden[:, :num_query]  # (T, Q, H)
+
+    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.query_states(features, input_ids, attention_mask))  # (T, Q, C)
 
 
 __all__ = ["QFormerTextQueries"]
