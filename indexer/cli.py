@@ -38,8 +38,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from indexer.llamavid.tiny import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else make_tiny_checkpoint(tmp)
-        model = LlamaVid.from_pretrained(model_dir)
+        if args.config:
+            from indexer.settings import load_settings
+
+            settings = load_settings(args.config).model
+            model_dir = settings.model_dir
+            model = LlamaVid.from_pretrained(model_dir, settings.vision_tower, settings.image_processor,
+                                             settings.qformer, device=settings.device, dtype=settings.torch_dtype)
+        else:
+            model_dir = make_tiny_checkpoint(tmp)
+            model = LlamaVid.from_pretrained(model_dir)
         t = np.linspace(0, 1, args.frames)[:, None, None, None]
         ys, xs = np.mgrid[0:180, 0:320]
         frames = ((np.stack([xs / 320, ys / 180, np.zeros_like(xs)], -1)[None] * 200 + t * 55)).astype(np.uint8)
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_cmd_tiny)
 
     demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
-    demo.add_argument("--model", help="a real model folder instead of the tiny random one")
+    demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "
+                                       "tiny random one")
     demo.add_argument("--frames", type=int, default=8)
     demo.add_argument("--question", default="What is happening in this video?")
     demo.set_defaults(func=_cmd_demo)

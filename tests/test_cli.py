@@ -34,3 +34,27 @@ def test_demo_runs_end_to_end_as_a_console_script():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "tokens [4, 2, 64]" in result.stdout and "answer:" in result.stdout
+
+
+def test_demo_with_a_config_file(tmp_path, tiny_model_dir, capsys):
+    config = tmp_path / "model.yaml"
+    config.write_text(f"model:\n  model_dir: {tiny_model_dir}\n  dtype: bfloat16\n")
+    assert main(["demo", "--config", str(config), "--frames", "2"]) == 0
+    assert "tokens [2, 2, 64]" in capsys.readouterr().out
+
+
+def test_config_errors_name_the_file_and_field(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  model_dir: x\n  dtype: float8\n")
+    assert main(["demo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "dtype" in err
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from indexer.settings import load_settings
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        assert load_settings(path).model.model_dir

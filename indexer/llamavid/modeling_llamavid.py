@@ -74,8 +74,17 @@ class LlamaVidModel(nn.Module):
         embeds[is_image] = flat.to(embeds.dtype)
         return embeds  # (L, D)
 
+    def reset_rope_state(self) -> None:
+        """Dynamic-NTK rope grows its base with the longest sequence seen and keeps it; start every
+        prompt from the trained base, so a result depends on its own prompt only (as on a freshly
+        loaded official model), not on what ran before."""
+        rotary = self.language_model.model.rotary_emb
+        rotary.inv_freq = rotary.original_inv_freq.clone()
+        rotary.max_seq_len_cached = rotary.original_max_seq_len
+
     def logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         # inputs_embeds: (L, D) -> (L, vocab)
+        self.reset_rope_state()
         return self.language_model(inputs_embeds=inputs_embeds[None], use_cache=False).logits[0]
 
 

@@ -177,6 +177,7 @@ class LlamaVid:
             defaults = {k: self.generation_defaults[k] for k in ("temperature", "top_p", "top_k")
                         if k in self.generation_defaults}
             options.update(**(defaults | sampling))
+        self.model.reset_rope_state()
         out = self.model.language_model.generate(
             inputs_embeds=embeds[None], generation_config=options,
             attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=self.device))
