@@ -153,11 +153,18 @@ class LlamaVid:
 
     @torch.inference_mode()
     def inputs_embeds(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """[L', D]: text embeddings with the frame tokens spliced in at the placeholders."""
+        """[L', D]: text embeddings with the frame tokens ([T, 1+P, D], or flattened) spliced in at the
+        placeholders."""
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D [L], got shape {list(ids.shape)}")
-        if tokens.ndim != 3 or tokens.shape[-1] != self.config.hidden_size:
-            raise ValueError(f"tokens must have shape [T, 1+P, {self.config.hidden_size}], got {list(tokens.shape)}")
+        if tokens.ndim not in (2, 3) or tokens.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"tokens must have shape [T, 1+P, {self.config.hidden_size}] (or flattened "
+                             f"[T*(1+P), {self.config.hidden_size}]), got {list(tokens.shape)}")
+        if tokens.ndim == 2:
+            if tokens.shape[0] % self.tokens_per_frame:
+                raise ValueError(f"{tokens.shape[0]} flattened tokens are not a whole number of frames of "
+                                 f"{self.tokens_per_frame} tokens")
+            tokens = tokens.reshape(-1, self.tokens_per_frame, tokens.shape[-1])  # (T, 1+P, D)
         return self.model.inputs_embeds(ids.to(self.device), tokens.to(device=self.device, dtype=self.dtype))
 
     @torch.inference_mode()

@@ -74,6 +74,7 @@ def test_video_prompt_takes_the_whole_clip_at_one_placeholder(tiny_model, featur
     at = int((ids == -200).nonzero()[0])
     assert embeds.shape[0] == len(ids) - 1 + 4 * 2
     torch.testing.assert_close(embeds[at:at + 8], tokens.reshape(8, -1))
+    torch.testing.assert_close(tiny_model.inputs_embeds(ids, tokens.reshape(8, -1)), embeds)  # flattened tokens
 
 
 def test_placeholder_count_mismatch_is_named(tiny_model, features):
