@@ -88,10 +88,10 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             features = model.encode_frames(pixels)
-            seconds = timed(lambda: model.encode_frames(pixels), args.repeats, args.device)
+            seconds = timed(lambda p=pixels: model.encode_frames(p), args.repeats, args.device)
             tag = f"{name} {args.device} {args.dtype} batch={batch}"
             print(f"encode_frames {tag}: {batch / seconds:.2f} frames/s", flush=True)
-            seconds = timed(lambda: model.frame_tokens(features, QUESTION), args.repeats, args.device)
+            seconds = timed(lambda f=features: model.frame_tokens(f, QUESTION), args.repeats, args.device)
             print(f"frame_tokens {tag}: {batch / seconds:.2f} frames/s", flush=True)
             if args.device.startswith("cuda"):
                 peak = torch.cuda.max_memory_allocated() - base

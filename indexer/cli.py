@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import tempfile
-from pathlib import Path
 
 logger = logging.getLogger("indexer")
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ from indexer.llamavid.conversation import (Conversation, first_user_message, get
                                            video_frames_text)
 from indexer.llamavid.modeling_llamavid import LlamaVidModel
 from indexer.llamavid.tokenization import LlamaPromptTokenizer, load_qformer_tokenizer, qformer_inputs
-
-logger = logging.getLogger(__name__)
 
 PromptMode = Literal["video", "movie"]
 
