@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from indexer.llamavid import checkpoint as ckpt
-from indexer.llamavid.pipeline import (ResolvedAssets, read_model_config, resolve_image_processor,
-                                       resolve_vision_tower)
+from indexer.llamavid.pipeline import (ResolvedAssets, read_llamavid_config, read_model_config,
+                                       resolve_image_processor, resolve_vision_tower)
 
 # Parts of an official checkpoint, by key prefix (first match wins).
 _PARTS = [
@@ -77,8 +77,7 @@ def describe(model_dir: str | Path, vision_tower=None, image_processor=None, qfo
                     "mm_projector_type": config.get("mm_projector_type")}
     if state and assets is not None:
         eva = ckpt.load_eva_weights(assets.vision_tower)
-        bert_config = ckpt.read_bert_config(assets.qformer)
-        cfg = ckpt.build_config(config, eva, state, bert_config, ckpt.read_processor_settings(assets.image_processor))
+        cfg = read_llamavid_config(model_dir, assets, state, eva)
         vision_params = sum(t.numel() for k, t in eva.items()
                             if not (m := re.match(r"blocks\.(\d+)\.", k)) or int(m.group(1)) < cfg.vision.depth)
         info.fields |= {

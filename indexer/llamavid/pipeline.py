@@ -55,12 +55,9 @@ class LlamaVid:
         `qformer` override the paths that config.json names (None: as config.json says)."""
         model_dir = ckpt.resolve_model_dir(model_dir)
         assets = resolve_assets(model_dir, vision_tower, image_processor, qformer)
-        model_config = read_model_config(model_dir)
         llm_state = ckpt.load_model_weights(model_dir)
         eva_state = ckpt.load_eva_weights(assets.vision_tower)
-        bert_config = ckpt.read_bert_config(assets.qformer)
-        processor = ckpt.read_processor_settings(assets.image_processor)
-        config = ckpt.build_config(model_config, eva_state, llm_state, bert_config, processor)
+        config = read_llamavid_config(model_dir, assets, llm_state, eva_state)
 
         with torch.device("meta"):
             model = LlamaVidModel(config)
@@ -117,17 +114,16 @@ class LlamaVid:
         """[T, 1+P, D] LLM-space tokens per frame: the question's context token, then the content
         tokens. Features with CLS take the short-video path; `features[:, 1:]` the long-video path."""
         self._check_features(features)
-        ids, mask = qformer_inputs(self.qformer_tokenizer, _check_question(question))
-        return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype),
-                                       ids.to(self.device), mask.to(self.device))
+        ids, mask = self._qformer_inputs(question)
+        return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
 
     @torch.inference_mode()
     def context_scores(self, features: torch.Tensor, question: str) -> torch.Tensor:
         """How strongly the question's text queries attend to each frame's patches, [T, Q, N]."""
         self._check_features(features)
-        ids, mask = qformer_inputs(self.qformer_tokenizer, _check_question(question))
+        ids, mask = self._qformer_inputs(question)
         features = features.to(device=self.device, dtype=self.dtype)
-        text_queries = self.model.text_queries(features, ids.to(self.device), mask.to(self.device))
+        text_queries = self.model.text_queries(features, ids, mask)
         return self.model.context_attention.scores(text_queries, self.model.patches_of(features))
 
     # -- prompt -> embeddings -> LLM --------------------------------------------------------------
@@ -200,6 +196,10 @@ class LlamaVid:
         stop = get_template(conv_mode).stop_str
         return text[: -len(stop)].strip() if stop and text.endswith(stop) else text
 
+    def _qformer_inputs(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = qformer_inputs(self.qformer_tokenizer, _check_question(question))
+        return ids.to(self.device), mask.to(self.device)
+
     # -- checks -----------------------------------------------------------------------------------
     def _check_features(self, features: torch.Tensor) -> None:
         width = self.config.vision.width
@@ -233,6 +233,14 @@ def read_model_config(model_dir: Path) -> dict:
     if not config_file.is_file():
         raise ckpt.CheckpointError(f"{model_dir} has no config.json: not a LLaMA-VID model folder")
     return json.loads(config_file.read_text())
+
+
+def read_llamavid_config(model_dir: Path, assets: ResolvedAssets, llm_state: dict[str, torch.Tensor],
+                         eva_state: dict[str, torch.Tensor]) -> LlamaVidConfig:
+    """The structure of a release: config.json, the weights' shapes, the Q-Former's BERT config and
+    the processor's image size."""
+    return ckpt.build_config(read_model_config(model_dir), eva_state, llm_state, ckpt.read_bert_config(assets.qformer),
+                             ckpt.read_processor_settings(assets.image_processor))
 
 
 def resolve_vision_tower(model_dir: Path, config: dict, override=None) -> Path:
@@ -278,5 +286,5 @@ def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.devic
     rotary.attention_scaling = fresh.attention_scaling
 
 
-__all__ = ["LlamaVid", "ResolvedAssets", "resolve_assets", "resolve_vision_tower", "resolve_image_processor",
+__all__ = ["LlamaVid", "ResolvedAssets", "read_llamavid_config", "resolve_assets", "resolve_vision_tower", "resolve_image_processor",
            "read_model_config"]
