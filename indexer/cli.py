@@ -11,6 +11,11 @@ logger = logging.getLogger("indexer")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from indexer.store.info import describe_index, is_index_root
+
+    if is_index_root(args.model):
+        print("\n".join(describe_index(args.model)))
+        return 0
     from indexer.llamavid.info import describe
 
     info = describe(args.model, vision_tower=args.vision_tower, image_processor=args.image_processor,
@@ -20,12 +25,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from indexer.embedding import make_tiny_clip
     from indexer.llamavid.tiny import TinySpec, make_tiny_checkpoint
 
     spec = TinySpec(compress_type=args.compress_type, mm_projector_type=args.projector, bert_type=args.bert_type,
                     num_query=args.num_query, weights_format=args.format, weights_dtype=args.dtype)
     print(make_tiny_checkpoint(args.out, spec))
+    print(make_tiny_clip(Path(args.out) / "clip"))
     return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from actors.ingest import ingest_from_args
+
+    return ingest_from_args(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -65,15 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="describe a LLaMA-VID model folder")
-    info.add_argument("model", help="model folder (or hub repo id) with config.json and weights")
+    info = sub.add_parser("info", help="describe an index root, or a LLaMA-VID model folder")
+    info.add_argument("model", metavar="INDEX_OR_MODEL",
+                      help="index root (streams, durations, frames, gaps, sizes) or model folder / hub repo id")
     info.add_argument("--vision-tower", help="eva_vit_g.pth to use instead of the one config.json names")
     info.add_argument("--image-processor", help="processor folder to use instead of the one config.json names")
     info.add_argument("--qformer", help="bert-base-uncased folder (config.json, vocab.txt)")
     info.set_defaults(func=_cmd_info)
 
-    tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout (for tests)")
-    tiny.add_argument("out", help="folder to create; the model folder is OUT/model")
+    tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, and a tiny CLIP "
+                                       "(for tests)")
+    tiny.add_argument("out", help="folder to create; the model folder is OUT/model, the CLIP OUT/clip")
     tiny.add_argument("--compress-type", default="mean", help="'mean' or 'grid:N'")
     tiny.add_argument("--projector", default="mlp2x_gelu", help="'linear' or 'mlpNx_gelu'")
     tiny.add_argument("--bert-type", default="qformer_pretrain")
@@ -81,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--format", choices=["bin", "safetensors"], default="bin")
     tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     tiny.set_defaults(func=_cmd_tiny)
+
+    from actors.ingest import add_ingest_arguments
+
+    ingest = sub.add_parser("ingest", help="index sources (files, URLs, live streams) into an index root on Ray")
+    add_ingest_arguments(ingest)
+    ingest.set_defaults(func=_cmd_ingest)
 
     demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
     demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "
@@ -97,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as exc:
         print(f"vidx {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

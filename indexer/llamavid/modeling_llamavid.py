@@ -49,8 +49,11 @@ class LlamaVidModel(nn.Module):
         text_queries = self.text_queries(features, qformer_ids, qformer_mask)  # (T, Q, C)
         patches = self.patches_of(features)  # (T, N, C)
         context = self.context_attention(text_queries, patches)  # (T, 1, D)
-        content = self.content_projector(self.content_pooling(patches))  # (T, P, D)
-        return torch.cat([context, content], dim=1)  # (T, 1 + P, D)
+        return torch.cat([context, self.content_tokens(features)], dim=1)  # (T, 1 + P, D)
+
+    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """The question-independent part of a frame's tokens: (T, n, C) -> (T, P, D)."""
+        return self.content_projector(self.content_pooling(self.patches_of(features)))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_input_embeddings()(ids)

@@ -4,6 +4,7 @@
     pixel_values = m.preprocess(frames)            # uint8 [T,H,W,3] -> float [T,3,S,S]
     features = m.encode_frames(pixel_values)       # [T, 1+N, C], CLS first
     tokens = m.frame_tokens(features, question)    # [T, 1+P, D]: context token, then P content tokens
+    content = m.content_tokens(features)           # [T, P, D]: the question-independent part
     ids = m.prompt_ids(question, T, mode="movie")  # LongTensor [L], -200 at placeholders
     embeds = m.inputs_embeds(ids, tokens)          # [L', D]
     logits = m.logits(embeds)                      # [L', vocab]
@@ -86,15 +87,17 @@ class LlamaVid:
         return self.config.tokens_per_frame
 
     # -- frames -> features -> tokens -------------------------------------------------------------
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 RGB frames [T, H, W, 3] -> CLIP-normalised pixels [T, 3, S, S] (resize the shortest
-        edge, center crop, rescale, normalize, as the checkpoint's processor config says)."""
-        if not isinstance(frames, np.ndarray):
-            raise TypeError(f"frames must be a numpy array of uint8 RGB frames [T,H,W,3], got {type(frames).__name__}")
-        if frames.dtype != np.uint8:
-            raise TypeError(f"frames must have dtype uint8 (RGB 0..255), got {frames.dtype}")
-        if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
-            raise ValueError(f"frames must have shape [T, H, W, 3] with T, H, W > 0, got {list(frames.shape)}")
+    def preprocess(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """uint8 RGB frames [T, H, W, 3] (or a list of [H, W, 3] of any sizes) -> CLIP-normalised
+        pixels [T, 3, S, S] (resize the shortest edge, center crop, rescale, normalize, as the
+        checkpoint's processor config says)."""
+        if isinstance(frames, list):
+            if not frames:
+                raise ValueError("frames is an empty list")
+            for frame in frames:
+                _check_frames(frame[None] if isinstance(frame, np.ndarray) else frame)
+        else:
+            _check_frames(frames)
         pixels = self.image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
         return pixels.to(device=self.device, dtype=self.dtype)  # (T, 3, S, S)
 
@@ -116,6 +119,12 @@ class LlamaVid:
         self._check_features(features)
         ids, mask = self._qformer_inputs(question)
         return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
+
+    @torch.inference_mode()
+    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """[T, P, D] content tokens (question-independent; what the index stores per frame)."""
+        self._check_features(features)
+        return self.model.content_tokens(features.to(device=self.device, dtype=self.dtype))
 
     @torch.inference_mode()
     def context_scores(self, features: torch.Tensor, question: str) -> torch.Tensor:
@@ -212,6 +221,15 @@ class LlamaVid:
         if embeds.ndim != 2 or embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(f"embeds must have shape [L, {self.config.hidden_size}], got {list(embeds.shape)}")
         return embeds.to(device=self.device, dtype=self.dtype)
+
+
+def _check_frames(frames) -> None:
+    if not isinstance(frames, np.ndarray):
+        raise TypeError(f"frames must be a numpy array of uint8 RGB frames [T,H,W,3], got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise TypeError(f"frames must have dtype uint8 (RGB 0..255), got {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(f"frames must have shape [T, H, W, 3] with T, H, W > 0, got {list(frames.shape)}")
 
 
 def _check_question(question: str) -> str:

@@ -1,0 +1,229 @@
+"""The ingest job: readers -> encoder pool -> one writer, on Ray.
+
+    python -m actors.ingest SOURCE... --index DIR [--config FILE] [--fps F]
+    ray job submit --working-dir . -- python -m actors.ingest SOURCE... --index DIR
+
+`vidx ingest` runs the same `run_ingest`. Ctrl-C or SIGTERM (`ray job stop`) asks every reader
+to stop, waits for the last batches, commits, and exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from actors.encoder import EncoderActor
+from actors.reader import ReaderActor, StreamSummary
+from actors.writer import WriterActor
+from indexer.media.source import check_stream_id, parse_source
+from indexer.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+RESOLVED_CONFIG = "ingest-config.yaml"
+
+
+@dataclass
+class IngestSummary:
+    index: str
+    streams: list[StreamSummary] = field(default_factory=list)
+    wall_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[StreamSummary]:
+        return [s for s in self.streams if s.error]
+
+    def lines(self) -> list[str]:
+        out = [f"index: {self.index}"]
+        for s in self.streams:
+            status = f"FAILED: {s.error}" if s.error else ("stopped" if s.stopped else "done")
+            length = f"{s.duration_s:.1f} s" if s.duration_s else ("live" if s.live else "?")
+            out.append(f"  {s.stream_id}: {s.frames_sent} frames, {s.gaps} gaps, {length}; {status}")
+        frames = sum(s.frames_sent for s in self.streams)
+        out.append(f"{frames} frames from {len(self.streams)} sources in {self.wall_s:.1f} s"
+                   f"{' (interrupted, committed)' if self.interrupted else ''}")
+        return out
+
+
+def run_ingest(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
+               progress: bool = True) -> IngestSummary:
+    """Index `sources` into `index`; returns when every source has ended (or on Ctrl-C/SIGTERM,
+    after committing)."""
+    parsed = [parse_source(s) for s in sources]
+    ids = [check_stream_id(s.stream_id) for s in parsed]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
+    root = Path(index).expanduser().resolve()
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    started = time.monotonic()
+    config = _absolute_paths(settings).model_dump(mode="json")
+    encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
+                .remote(config) for _ in range(settings.encoder.actors)]
+    layout = ray.get(encoders[0].layout.remote())
+    writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards)
+    ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
+    _save_config(root, settings)
+    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer)
+               for s in parsed]
+    runs = {reader.run.remote(): reader for reader in readers}
+    summary = IngestSummary(str(root))
+    stop = _StopRequest()
+    bars = _ProgressBars(parsed, enabled=progress)
+    pending = list(runs)
+    try:
+        with stop:
+            while pending:
+                done, pending = ray.wait(pending, timeout=0.5)
+                for ref in done:
+                    summary.streams.append(ray.get(ref))
+                    ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
+                if stop.requested and not summary.interrupted:
+                    summary.interrupted = True
+                    ray.get([reader.stop.remote() for reader in readers])
+                bars.update(ray.get(writer.progress.remote()))
+        ray.get(writer.close.remote())
+    finally:
+        bars.close()
+        for actor in [*readers, *encoders, writer]:
+            ray.kill(actor, no_restart=True)
+    order = {sid: i for i, sid in enumerate(ids)}
+    summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+def _absolute_paths(settings: Settings) -> Settings:
+    """Actors on a `ray start` cluster do not run in the driver's folder: model paths that exist
+    here relative to it become absolute (hub ids and absolute paths pass unchanged)."""
+    def fix(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and not Path(value).is_absolute() and Path(value).exists() else value
+
+    model = settings.model.model_copy(update={name: fix(getattr(settings.model, name)) for name in
+                                              ("model_dir", "vision_tower", "image_processor", "qformer")})
+    return settings.model_copy(update={"model": model, "embedding": settings.embedding.model_copy(
+        update={"model": fix(settings.embedding.model)})})
+
+
+def _save_config(root: Path, settings: Settings) -> None:
+    """The resolved config beside the output, so a later run can see how the index was made."""
+    import yaml
+
+    from indexer.store.files import write_atomic
+
+    data = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False).encode()
+    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data))
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag instead of killing the driver mid-commit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stopping: finishing the current batches and committing (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class _ProgressBars:
+    """A bar per source: percent of the duration for archived sources; frames, rate and lag for
+    live ones."""
+
+    def __init__(self, sources, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict[str, tqdm] = {}
+        self.order = [s.stream_id for s in sources]
+        self.started = {}
+
+    def update(self, progress: dict[str, dict]) -> None:
+        if not self.enabled:
+            return
+        for position, sid in enumerate(self.order):
+            state = progress.get(sid)
+            if state is None:
+                continue
+            done_s = state["expected_index"] / state["fps"]
+            if sid not in self.bars:
+                total = None if state["live"] else state["duration_s"]
+                self.bars[sid] = tqdm(total=round(total, 1) if total else None, desc=sid[:32], position=position,
+                                      unit="s", leave=True, dynamic_ncols=True,
+                                      bar_format=None if total else "{desc}: {n:.0f} s [{elapsed}, {postfix}]")
+                self.started[sid] = (time.monotonic(), done_s)
+            bar = self.bars[sid]
+            bar.n = round(min(done_s, bar.total) if bar.total else done_s, 1)
+            t0, s0 = self.started[sid]
+            speed = (done_s - s0) / max(1e-6, time.monotonic() - t0)
+            postfix = {"frames": state["frames"], "x realtime": f"{speed:.1f}"}
+            if state["live"] and state["watermark_s"] is not None:
+                postfix["gaps"] = state["gaps"]
+            if state["error"]:
+                postfix["error"] = state["error"][:60]
+            bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m actors.ingest", description=__doc__.splitlines()[0])
+    add_ingest_arguments(parser)
+    return parser
+
+
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="path or URL (file, http(s), HLS .m3u8, rtsp, rtmp, udp, srt); NAME=URI names the stream")
+    parser.add_argument("--index", required=True, help="index root folder (created if missing; resumed if present)")
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML settings (default: %(default)s)")
+    parser.add_argument("--fps", type=float, help="samples per second (overrides reader.fps)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def ingest_from_args(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.fps is not None:
+        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+    summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return ingest_from_args(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""`ImageTextEmbedder`: the retrieval embedding, a CLIP-family image-text model (transformers
+CLIPModel, or SigLIP: any model with `get_image_features`). Frames are embedded at ingest;
+questions (the text side) at query time. Embeddings are L2-normalised: inner product = cosine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoModel, CLIPConfig, CLIPModel
+from transformers.models.clip import CLIPImageProcessorPil
+
+
+class ImageTextEmbedder:
+    def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.name = str(model_name_or_path)
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(self.name)
+            self.model = AutoModel.from_pretrained(self.name, dtype=dtype).to(device).eval()
+        except OSError as exc:
+            raise FileNotFoundError(f"retrieval embedding model {self.name!r}: {exc}") from exc
+        if not hasattr(self.model, "get_image_features"):
+            raise ValueError(f"retrieval embedding model {self.name!r} ({type(self.model).__name__}) has no image "
+                             "tower; use a CLIP or SigLIP checkpoint")
+        self.device = torch.device(device)
+        self.dim = int(self.model.config.projection_dim if hasattr(self.model.config, "projection_dim")
+                       else self.model.config.vision_config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @torch.inference_mode()
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """uint8 RGB frames (any sizes) -> float32 [T, E], unit length."""
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
+        features = out.pooler_output if hasattr(out, "pooler_output") else out  # (T, E)
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIP (model + PIL image processor) for tests and demos."""
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=8),
+        projection_dim=projection_dim)
+    out = Path(out_dir)
+    CLIPModel(config).save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                          crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+__all__ = ["ImageTextEmbedder", "make_tiny_clip"]

@@ -1,0 +1,85 @@
+"""`FrameEncoder`: one pass over a batch of sampled frames (from any number of streams) gives
+the LLaMA-VID vision features, the content tokens and the retrieval embedding of every frame,
+plus a JPEG thumbnail."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.batches import EncodedBatch, FrameBatch
+from indexer.embedding import ImageTextEmbedder
+from indexer.llamavid import LlamaVid
+from indexer.settings import Settings
+from indexer.store.manifest import Layout
+
+
+class FrameEncoder:
+    def __init__(self, model: LlamaVid, embedder: ImageTextEmbedder, thumbnail_width: int = 160,
+                 feature_format: str = "float16"):
+        self.model = model
+        self.embedder = embedder
+        self.thumbnail_width = thumbnail_width
+        self.feature_format = feature_format
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FrameEncoder":
+        m = settings.model
+        model = LlamaVid.from_pretrained(m.model_dir, m.vision_tower, m.image_processor, m.qformer,
+                                         device=m.device, dtype=m.torch_dtype)
+        embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
+        return cls(model, embedder, settings.index.thumbnail_width, settings.index.feature_format)
+
+    def layout(self) -> Layout:
+        config = self.model.config
+        return Layout(model_fingerprint=model_fingerprint(self.model), model_name=str(self.model.model_dir),
+                      feature_shape=(config.vision.num_patches + 1, config.vision.width),
+                      feature_format=self.feature_format,
+                      content_shape=(config.tokens_per_frame - 1, config.hidden_size),
+                      embedding_model=f"{self.embedder.name}@{self.embedder.fingerprint}",
+                      embedding_dim=self.embedder.dim)
+
+    def __call__(self, batches: list[FrameBatch]) -> list[EncodedBatch]:
+        images = [image for batch in batches for image in batch.images]
+        layout = self.layout()
+        if images:
+            features = self.model.encode_frames(self.model.preprocess(images))  # (T, 1+N, C)
+            content = self.model.content_tokens(features)  # (T, P, D)
+            features = features.to(torch.float16).cpu().numpy()
+            content = content.to(torch.float16).cpu().numpy()
+            embedding = self.embedder.embed_images(images)  # (T, E)
+        else:
+            features = np.zeros((0, *layout.feature_shape), np.float16)
+            content = np.zeros((0, *layout.content_shape), np.float16)
+            embedding = np.zeros((0, layout.embedding_dim), np.float32)
+        out, start = [], 0
+        for batch in batches:
+            end = start + len(batch)
+            thumbnails = [jpeg_thumbnail(image, self.thumbnail_width) for image in batch.images]
+            out.append(batch.encoded(features[start:end], content[start:end], embedding[start:end], thumbnails))
+            start = end
+        return out
+
+
+def jpeg_thumbnail(image: np.ndarray, width: int, quality: int = 80) -> bytes:
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    buffer = io.BytesIO()
+    Image.fromarray(image).resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def model_fingerprint(model: LlamaVid) -> str:
+    """Changes when the model's structure or weights change (a sample of every tensor's values)."""
+    digest = hashlib.sha1(repr(model.config).encode())
+    for name, tensor in model.model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        digest.update(name.encode())
+        digest.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+__all__ = ["FrameEncoder", "jpeg_thumbnail", "model_fingerprint"]

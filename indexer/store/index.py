@@ -1,0 +1,83 @@
+"""`IndexReader`: a read-only view of an index root at its last commit.
+
+    index = IndexReader("runs/archive")
+    index.timeline(stream_id="cam1")        # pyarrow Table, frames and gaps
+    index.features([12, 13])                # float16 [2, 1+N, C], memory-mapped reads
+    index.vectors().search(query, 10)       # FAISS, ids = frame ids
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from indexer.store import vectors as vec
+from indexer.store.features import feature_format, load_arrays
+from indexer.store.manifest import Manifest, Segment, read_manifest
+from indexer.store.timeline import timeline_schema
+
+
+class IndexReader:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            raise FileNotFoundError(f"{self.root}: no index here (no manifest.json); create one with vidx ingest")
+        self.manifest: Manifest = manifest
+        self.layout = manifest.layout
+        self.schema = timeline_schema(self.layout.content_shape, self.layout.embedding_dim)
+        self._segments = sorted((seg for s in manifest.streams.values() for seg in s.segments if seg.frames),
+                                key=lambda seg: seg.first_frame_id)
+        self._starts = [seg.first_frame_id for seg in self._segments]
+
+    def timeline(self, stream_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The committed timeline rows (all streams, or one), in commit order."""
+        if stream_id is not None and stream_id not in self.manifest.streams:
+            raise KeyError(f"no stream {stream_id!r} in {self.root}; streams: {sorted(self.manifest.streams)}")
+        streams = [self.manifest.streams[stream_id]] if stream_id else self.manifest.streams.values()
+        files = [str(self.root / seg.timeline) for s in streams for seg in s.segments]
+        if not files:
+            return self.schema.empty_table().select(columns) if columns else self.schema.empty_table()
+        return ds.dataset(files, schema=self.schema, format="parquet").to_table(columns=columns)
+
+    def features(self, frame_ids) -> np.ndarray:
+        """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files."""
+        fmt = feature_format(self.layout.feature_format)
+        ids = np.asarray(frame_ids, dtype=np.int64)
+        out = np.empty((len(ids), *self.layout.feature_shape), dtype=np.float16)
+        for i, frame_id in enumerate(ids):
+            segment = self._segment_of(int(frame_id))
+            arrays = load_arrays([self.root / f for f in segment.features])
+            row = int(frame_id) - segment.first_frame_id
+            out[i] = fmt.decode([a[row:row + 1] for a in arrays])[0]
+        return out
+
+    def vectors(self) -> faiss.Index:
+        return vec.read_shards([self.root / s.file for s in self.manifest.vectors], self.layout.embedding_dim)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes on disk per component."""
+        sizes = {"timeline": 0, "features": 0, "vectors": sum(s.bytes for s in self.manifest.vectors)}
+        for stream in self.manifest.streams.values():
+            for seg in stream.segments:
+                for component, size in seg.bytes.items():
+                    sizes[component] += size
+        return sizes
+
+    def _segment_of(self, frame_id: int) -> Segment:
+        i = bisect.bisect_right(self._starts, frame_id) - 1
+        if i < 0 or frame_id >= self._segments[i].first_frame_id + self._segments[i].frames:
+            raise KeyError(f"frame id {frame_id} is not in {self.root} (ids 0..{self.manifest.next_frame_id - 1})")
+        segment = self._segments[i]
+        if not segment.features:
+            raise ValueError(f"{self.root} keeps no patch features (feature format {self.layout.feature_format!r})")
+        return segment
+
+
+__all__ = ["IndexReader"]

@@ -1,0 +1,250 @@
+"""`IndexWriter`: the one owner of an index root's writes.
+
+Appends arrive per stream in sample order; each is checked against the stream's cursor, so a
+batch sent twice is written once and a batch after a hole is refused (the sender resends what
+the writer lost). `commit()` writes the buffered rows as new files, then atomically replaces
+manifest.json: a crash at any moment leaves the last commit readable and nothing half-written
+visible. On open, files that no manifest lists (a crashed commit's) are removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.batches import EncodedBatch
+from indexer.media.reader import Gap, SourceInfo
+from indexer.store import vectors as vec
+from indexer.store.features import feature_format, save_arrays
+from indexer.store.files import TMP_SUFFIX, write_atomic_json
+from indexer.store.manifest import MANIFEST, Layout, Manifest, Segment, StreamEntry, VectorShard, read_manifest
+from indexer.store.timeline import timeline_schema, timeline_table, write_timeline
+
+logger = logging.getLogger(__name__)
+
+DATA_DIRS = ("timeline", "features", "vectors")
+LOCK_FILE = "writer.lock"
+
+
+@dataclass
+class AppendResult:
+    accepted: bool          # False: the batch starts after a hole; resend from `expected_index`
+    expected_index: int     # the next sample index the writer wants for this stream
+    committed_index: int    # samples below this are durable
+
+
+class IndexWriter:
+    def __init__(self, root: str | os.PathLike, layout: Layout, commit_interval_s: float = 5.0,
+                 max_vector_shards: int = 32):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.root)
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            manifest = Manifest(layout=layout)
+            write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))  # generation 0: empty
+        else:
+            check_layout(self.root, manifest.layout, layout)
+        self.manifest = manifest
+        self.layout = manifest.layout
+        self.format = feature_format(self.layout.feature_format)
+        self.schema = timeline_schema(self.layout.content_shape, self.layout.embedding_dim)
+        self.commit_interval_s = commit_interval_s
+        self.max_vector_shards = max_vector_shards
+        self._frames: dict[str, list[EncodedBatch]] = {}
+        self._gaps: dict[str, list[Gap]] = {}
+        self._expected = {sid: entry.next_index for sid, entry in manifest.streams.items()}
+        self._last_gap = {sid: entry.last_gap for sid, entry in manifest.streams.items()}
+        self._dirty: set[str] = set()
+        self._last_commit = time.monotonic()
+        self._remove_uncommitted()
+
+    # -- streams ---------------------------------------------------------------------------------
+    def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> StreamEntry:
+        """Register (or find) a stream; the entry says where to resume."""
+        entry = self.manifest.streams.get(info.stream_id)
+        if entry is None:
+            entry = StreamEntry(stream_id=info.stream_id, uri=info.uri, protocol=protocol, live=info.live, fps=fps,
+                                duration_s=info.duration_s)
+            self.manifest.streams[info.stream_id] = entry
+            self._expected[info.stream_id] = 0
+            self._last_gap[info.stream_id] = None
+        else:
+            if entry.uri != info.uri:
+                raise ValueError(f"stream id {info.stream_id!r} already holds {entry.uri}, not {info.uri}; "
+                                 "name the new source differently (NAME=URI)")
+            if abs(entry.fps - fps) > 1e-9:
+                raise ValueError(f"stream {info.stream_id!r} ({info.uri}) was indexed at {entry.fps} fps; "
+                                 f"resume it with --fps {entry.fps} or index it into a new root")
+            entry.duration_s = info.duration_s or entry.duration_s
+            entry.error = None
+        self._dirty.add(info.stream_id)
+        return entry.model_copy()
+
+    def stream_error(self, stream_id: str, error: str) -> None:
+        entry = self.manifest.streams[stream_id]
+        entry.error = error
+        self._dirty.add(stream_id)
+
+    def finish_stream(self, stream_id: str) -> None:
+        """The source ended: mark it complete at the next commit (a later ingest does nothing)."""
+        self.manifest.streams[stream_id].complete = True
+        self._dirty.add(stream_id)
+
+    # -- appends ---------------------------------------------------------------------------------
+    def append(self, batch: EncodedBatch) -> AppendResult:
+        sid = batch.stream_id
+        if sid not in self.manifest.streams:
+            raise KeyError(f"stream {sid!r} was not opened on this writer")
+        expected = self._expected[sid]
+        if batch.first_index > expected:
+            return AppendResult(False, expected, self.manifest.streams[sid].next_index)
+        keep = batch.indices >= expected
+        if keep.any():
+            self._frames.setdefault(sid, []).append(batch.select(keep) if not keep.all() else batch)
+        for gap in batch.gaps:
+            key = (gap.index, gap.start_s)
+            if gap.index >= expected and (self._last_gap[sid] is None or key > tuple(self._last_gap[sid])):
+                self._gaps.setdefault(sid, []).append(gap)
+                self._last_gap[sid] = key
+        self._expected[sid] = max(expected, batch.next_index)
+        self._dirty.add(sid)
+        if time.monotonic() - self._last_commit >= self.commit_interval_s:
+            self.commit()
+        return AppendResult(True, self._expected[sid], self.manifest.streams[sid].next_index)
+
+    def expected_index(self, stream_id: str) -> int:
+        return self._expected[stream_id]
+
+    # -- commits ---------------------------------------------------------------------------------
+    def commit(self) -> int:
+        """Make everything appended so far durable and visible; return the generation."""
+        self._last_commit = time.monotonic()
+        if not self._dirty:
+            return self.manifest.generation
+        manifest = self.manifest.model_copy(deep=True)
+        generation = manifest.generation + 1
+        shard_vectors, shard_ids = [], []
+        for sid in sorted(self._dirty):
+            entry = manifest.streams[sid]
+            frames = concat(self._frames.get(sid, []))
+            gaps = self._gaps.get(sid, [])
+            if frames is not None or gaps:
+                segment = self._write_segment(generation, manifest, entry, frames, gaps)
+                entry.segments.append(segment)
+                entry.frames += segment.frames
+                entry.gaps += segment.gaps
+                if frames is not None:
+                    shard_vectors.append(frames.embedding)
+                    shard_ids.append(np.arange(segment.first_frame_id, segment.first_frame_id + segment.frames))
+                    entry.watermark_s = float(max(entry.watermark_s or 0.0, frames.pts_s.max()))
+            entry.next_index = self._expected[sid]
+            entry.last_gap = self._last_gap[sid]
+        obsolete = []
+        if shard_vectors:
+            path = f"vectors/part-{generation:08d}.faiss"
+            index = vec.build_shard(np.concatenate(shard_vectors), np.concatenate(shard_ids))
+            size = vec.write_shard(self.root / path, index)
+            manifest.vectors.append(VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size))
+            if len(manifest.vectors) > self.max_vector_shards:
+                obsolete = [shard.file for shard in manifest.vectors]
+                manifest.vectors = [self._merge_shards(generation, manifest.vectors)]
+        manifest.generation = generation
+        write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
+        self.manifest = manifest
+        for name in obsolete:
+            (self.root / name).unlink(missing_ok=True)
+        self._frames.clear()
+        self._gaps.clear()
+        self._dirty.clear()
+        return generation
+
+    def close(self) -> None:
+        self.commit()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        os.close(self._lock)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _write_segment(self, generation: int, manifest: Manifest, entry: StreamEntry,
+                       frames: EncodedBatch | None, gaps: list[Gap]) -> Segment:
+        n = len(frames) if frames is not None else 0
+        first_id = manifest.next_frame_id
+        manifest.next_frame_id += n
+        if frames is None:
+            frames = self._empty_batch(entry.stream_id)
+        name = f"part-{generation:08d}"
+        timeline = f"timeline/stream={entry.stream_id}/{name}.parquet"
+        table = timeline_table(self.schema, entry.uri, frames, np.arange(first_id, first_id + n), gaps)
+        sizes = {"timeline": write_timeline(self.root / timeline, table)}
+        features = []
+        if n and self.format.suffixes:
+            base = self.root / f"features/stream={entry.stream_id}/{name}"
+            features = [f"features/stream={entry.stream_id}/{f}" for f in save_arrays(base, self.format, frames.features)]
+            sizes["features"] = sum((self.root / f).stat().st_size for f in features)
+        return Segment(generation=generation, first_frame_id=first_id, frames=n, gaps=len(gaps), timeline=timeline,
+                       features=features, bytes=sizes)
+
+    def _merge_shards(self, generation: int, shards: list[VectorShard]) -> VectorShard:
+        index = vec.read_shards([self.root / s.file for s in shards], self.layout.embedding_dim)
+        path = f"vectors/merged-{generation:08d}.faiss"
+        size = vec.write_shard(self.root / path, index)
+        return VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
+
+    def _empty_batch(self, stream_id: str) -> EncodedBatch:
+        p, d = self.layout.content_shape
+        t, c = self.layout.feature_shape
+        return EncodedBatch(stream_id, 0, 0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), [], [],
+                            np.zeros((0, t, c), np.float16), np.zeros((0, p, d), np.float16),
+                            np.zeros((0, self.layout.embedding_dim), np.float32), [])
+
+    def _remove_uncommitted(self) -> None:
+        """Delete what a crashed commit left: files no manifest lists, and temporaries."""
+        keep = self.manifest.files()
+        for folder in DATA_DIRS:
+            for path in (self.root / folder).rglob("*") if (self.root / folder).exists() else []:
+                if path.is_file() and (path.relative_to(self.root).as_posix() not in keep
+                                       or path.name.endswith(TMP_SUFFIX)):
+                    logger.info("removing %s (not in the last commit)", path)
+                    path.unlink()
+        (self.root / (MANIFEST + TMP_SUFFIX)).unlink(missing_ok=True)
+
+
+def concat(batches: list[EncodedBatch]) -> EncodedBatch | None:
+    if not batches:
+        return None
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    return EncodedBatch(first.stream_id, first.first_index, batches[-1].next_index,
+                        np.concatenate([b.indices for b in batches]), np.concatenate([b.pts_s for b in batches]),
+                        np.concatenate([b.wall_time for b in batches]), [s for b in batches for s in b.subtitles], [],
+                        np.concatenate([b.features for b in batches]), np.concatenate([b.content for b in batches]),
+                        np.concatenate([b.embedding for b in batches]), [t for b in batches for t in b.thumbnails])
+
+
+def check_layout(root: Path, existing: Layout, wanted: Layout) -> None:
+    differences = [f"{name}: index has {getattr(existing, name)!r}, this ingest makes {getattr(wanted, name)!r}"
+                   for name in Layout.model_fields if getattr(existing, name) != getattr(wanted, name)]
+    if differences:
+        raise ValueError(f"{root} was built with another model or format ({'; '.join(differences)}); "
+                         "ingest into a new --index or use the same config")
+
+
+def _acquire_lock(root: Path) -> int:
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"{root}: another process is writing this index (holds {LOCK_FILE}); "
+                           "wait for it or stop it first") from None
+    return fd
+
+
+__all__ = ["AppendResult", "IndexWriter", "check_layout", "concat"]

