@@ -25,6 +25,9 @@ import numpy as np
 import ray
 import torch
 
+# bench/ is on sys.path when this file runs as a script
+from model_bench import real_dims_model
+
 from actors.ingest import run_ingest
 from indexer.embedding import make_tiny_clip
 from indexer.llamavid import LlamaVid
@@ -88,7 +91,7 @@ def read_all(path: Path, keyframes_only: str, threads: int) -> int:
 
 
 def bench_full_decode(path: Path, duration: float, threads: int, repeats: int) -> None:
-    """1. Reader at 1 fps, full decode, against `ffmpeg -vf fps=1,scale=-2:224` with the same threads."""
+    """Reader at 1 fps, full decode, against `ffmpeg -vf fps=1,scale=-2:224` with the same threads."""
     reader_s = ffmpeg_s = float("inf")
     for _ in range(repeats):  # interleaved, so both see the same machine load
         reader_s = min(reader_s, timed(lambda: read_all(path, "never", threads))[0])
@@ -101,7 +104,7 @@ def bench_full_decode(path: Path, duration: float, threads: int, repeats: int) -
 
 
 def bench_keyframes(path: Path, duration: float, repeats: int) -> None:
-    """2. The keyframe-only fast path on one decoder thread."""
+    """The keyframe-only fast path on one decoder thread."""
     wall, cpu = min(timed(lambda: read_all(path, "always", 1)) for _ in range(repeats))
     tag = f"1 fps keyframes_only=always threads=1 best-of-{repeats}"
     print(f"decode reader {tag}: {duration / wall:.0f} x real time", flush=True)
@@ -109,7 +112,7 @@ def bench_keyframes(path: Path, duration: float, repeats: int) -> None:
 
 
 def bench_reader_memory(workdir: Path, short_s: float, factor: int) -> None:
-    """3. Peak RSS growth of the reader (full decode, fresh process) on a file and one `factor` x longer."""
+    """Peak RSS growth of the reader (full decode, fresh process) on a file and one `factor` x longer."""
     long = make_input(workdir / "rss-long.mp4", short_s * factor, size="640x360", preset="ultrafast")
     short = workdir / "rss-short.mp4"
     ffmpeg("-i", str(long), "-t", str(short_s), "-c", "copy", str(short))
@@ -147,10 +150,20 @@ def ingest(path: Path, index: Path, settings: Settings) -> tuple[int, float, flo
 
 
 def bench_pipeline(path: Path, workdir: Path, tiny: Path, loops: int) -> None:
-    """4. and 5. run_ingest with the tiny model; index bytes per hour of video per format."""
+    """run_ingest with the tiny model on a Ray of its own; index bytes per hour of video per format."""
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=2, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, logging_level=logging.WARNING, log_to_driver=False)  # never a shared one
     print(f"ray_init num_cpus=2: {time.perf_counter() - start:.1f} s", flush=True)
+    try:
+        ingest_runs(path, workdir, tiny, loops)
+    finally:
+        ray.shutdown()
+
+
+def ingest_runs(path: Path, workdir: Path, tiny: Path, loops: int) -> None:
+    """The input with float16 and int4 features, then the input looped `loops` times: startup
+    (actors, model loading) is a fixed cost, so the looped run and the difference of the two show
+    the rate past it."""
     reader = SourceReader(parse_source(str(path)), tiny_settings(tiny, "float16").reader)
     mode = "keyframes" if reader.open().keyframes_only else "full decode"
     reader.close()
@@ -172,11 +185,10 @@ def bench_pipeline(path: Path, workdir: Path, tiny: Path, loops: int) -> None:
     _, seconds0, wall0 = runs["float16"]
     print(f"ingest {tag} float16 marginal (looped - single run): "
           f"{(seconds - seconds0) / max(wall - wall0, 1e-3):.0f} x real time", flush=True)
-    ray.shutdown()
 
 
 def bench_real_feature_bytes(frames: int = 8) -> None:
-    """5. Patch-feature bytes per stream-hour at 1 fps at the official dimensions, by a real encode."""
+    """Patch-feature bytes per stream-hour at 1 fps at the official dimensions, by a real encode."""
     features = np.random.default_rng(0).standard_normal((frames, *REAL_FEATURES), dtype=np.float32)
     for fmt in (Float16Features(), Int4Features()):
         per_frame = sum(a.nbytes for a in fmt.encode(features)) / frames
@@ -211,19 +223,12 @@ def int4_cosines(model: LlamaVid, frames: np.ndarray) -> tuple[torch.Tensor, tor
 
 
 def bench_fidelity(path: Path, model: LlamaVid, name: str, count: int) -> None:
-    """6. Context-token fidelity of int4 against float16 features, on decoded frames of the input."""
+    """Context-token fidelity of int4 against float16 features, on decoded frames of the input."""
     features, context = int4_cosines(model, sample_frames(path, count))
     for what, cosine in (("patch_feature", features), ("context_token", context)):
         tag = f"{what}_cosine int4 vs float16 {name} {len(cosine)} frames"
         print(f"{tag} mean: {cosine.mean():.5f}", flush=True)
         print(f"{tag} min: {cosine.min():.5f}", flush=True)
-
-
-def real_dims_model(tmp: str) -> LlamaVid:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from model_bench import real_dims_model as build
-
-    return build(tmp, "cpu", torch.float32)
 
 
 def main() -> None:
@@ -237,7 +242,7 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=10, help="the pipeline also ingests the input looped this often")
     parser.add_argument("--frames", type=int, default=32, help="frames of the tiny fidelity figure")
     parser.add_argument("--real-dims", action="store_true", help="fidelity also at official dimensions (slow)")
-    parser.add_argument("--real-dims-frames", type=int, default=4)
+    parser.add_argument("--real-dims-frames", type=int, default=4, help="frames of the real-dims fidelity figure")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,7 +260,8 @@ def main() -> None:
         bench_real_feature_bytes()
         bench_fidelity(path, LlamaVid.from_pretrained(tiny / "model"), "tiny", args.frames)
         if args.real_dims:
-            bench_fidelity(path, real_dims_model(str(workdir / "real-dims")), "real-dims", args.real_dims_frames)
+            model = real_dims_model(str(workdir / "real-dims"), "cpu", torch.float32)
+            bench_fidelity(path, model, "real-dims", args.real_dims_frames)
 
 
 if __name__ == "__main__":
