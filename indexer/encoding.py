@@ -25,6 +25,7 @@ class FrameEncoder:
         self.embedder = embedder
         self.thumbnail_width = thumbnail_width
         self.feature_format = feature_format
+        self._layout: Layout | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FrameEncoder":
@@ -35,6 +36,11 @@ class FrameEncoder:
         return cls(model, embedder, settings.index.thumbnail_width, settings.index.feature_format)
 
     def layout(self) -> Layout:
+        if self._layout is None:  # the fingerprint reads every weight: once, not per batch
+            self._layout = self._make_layout()
+        return self._layout
+
+    def _make_layout(self) -> Layout:
         config = self.model.config
         return Layout(model_fingerprint=model_fingerprint(self.model), model_name=str(self.model.model_dir),
                       feature_shape=(config.vision.num_patches + 1, config.vision.width),

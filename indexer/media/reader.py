@@ -195,8 +195,6 @@ class SourceReader:
                 if not info.live:
                     break
                 down_reason = "stream ended"
-            except SourceError:
-                raise
             except MEDIA_ERRORS as exc:
                 if not info.live:
                     raise SourceError(self.source.uri, f"read failed: {_describe(exc)}") from exc

@@ -51,11 +51,13 @@ class IndexReader:
         fmt = feature_format(self.layout.feature_format)
         ids = np.asarray(frame_ids, dtype=np.int64)
         out = np.empty((len(ids), *self.layout.feature_shape), dtype=np.float16)
+        opened: dict[int, list[np.ndarray]] = {}  # each segment's files mapped once per call
         for i, frame_id in enumerate(ids):
             segment = self._segment_of(int(frame_id))
-            arrays = load_arrays([self.root / f for f in segment.features])
+            if segment.first_frame_id not in opened:
+                opened[segment.first_frame_id] = load_arrays([self.root / f for f in segment.features])
             row = int(frame_id) - segment.first_frame_id
-            out[i] = fmt.decode([a[row:row + 1] for a in arrays])[0]
+            out[i] = fmt.decode([a[row:row + 1] for a in opened[segment.first_frame_id]])[0]
         return out
 
     def vectors(self) -> faiss.Index:
