@@ -57,4 +57,17 @@ def test_shipped_configs_validate():
     from indexer.settings import load_settings
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        if path.name == "cluster.yaml":  # a Ray cluster-launcher file, not our settings
+            continue
         assert load_settings(path).model.model_dir
+
+
+def test_cluster_launcher_file_names_its_head_and_a_gpu_worker_type():
+    from pathlib import Path
+
+    import yaml
+
+    cluster = yaml.safe_load((Path(__file__).parents[1] / "configs" / "cluster.yaml").read_text())
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    assert any("gpu" in name for name in cluster["available_node_types"])
+    assert cluster["provider"]["type"] and cluster["cluster_name"]
