@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModel, CLIPConfig, CLIPModel
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip import CLIPImageProcessorPil
 
 
@@ -20,6 +21,7 @@ class ImageTextEmbedder:
         self.name = str(model_name_or_path)
         try:
             self.processor = AutoImageProcessor.from_pretrained(self.name)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.name)
             self.model = AutoModel.from_pretrained(self.name, dtype=dtype).to(device).eval()
         except OSError as exc:
             raise FileNotFoundError(f"retrieval embedding model {self.name!r}: {exc}") from exc
@@ -42,9 +44,22 @@ class ImageTextEmbedder:
         features = out.pooler_output if hasattr(out, "pooler_output") else out  # (T, E)
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Questions or captions -> float32 [T, E], unit length, in the same space as the images."""
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError(f"texts must be non-empty strings, got {texts!r}")
+        # SigLIP was trained on text padded to its full length; CLIP pools at the end token
+        padding = "max_length" if "siglip" in self.model.config.model_type else True
+        tokens = self.tokenizer(list(texts), padding=padding, truncation=True, return_tensors="pt")
+        out = self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()
+                                              if k in ("input_ids", "attention_mask")})
+        features = out.pooler_output if hasattr(out, "pooler_output") else out  # (T, E)
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
 
 def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
-    """A tiny random CLIP (model + PIL image processor) for tests and demos."""
+    """A tiny random CLIP (model, PIL image processor, character-level tokenizer) for tests and demos."""
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -57,6 +72,12 @@ def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_s
     CLIPModel(config).save_pretrained(out)
     CLIPImageProcessorPil(size={"shortest_edge": image_size},
                           crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    # every lower-case character a token (CLIP lower-cases); no merges: words split into characters
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=config.text_config.max_position_embeddings).save_pretrained(out)
     return out
 
 

@@ -71,6 +71,50 @@ class IngestSettings(BaseModel):
     reader_num_cpus: float = Field(0.5, gt=0)
 
 
+class SearchSettings(BaseModel):
+    """FAISS search over the retrieval embeddings: exact while small, approximate when large."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exact_max_vectors: int = Field(100_000, ge=0, description="below this many vectors search is exact")
+    nlist: int | None = Field(None, ge=1, description="IVF lists (None: 4*sqrt(n), at most 65536)")
+    pq_bytes: int = Field(64, ge=1, description="PQ code bytes per vector in the approximate index")
+    nprobe: int = Field(32, ge=1)
+    refine: int = Field(8, ge=1, description="candidates per wanted hit rescored with the exact vectors")
+    use_gpu: Literal["auto", "never"] = "auto"
+
+
+class QuerySettings(BaseModel):
+    """From a question to the frames the LLM sees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(32, ge=1, description="frames retrieved per question")
+    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    span_gap_s: float = Field(4.0, ge=0, description="hits closer than this in one stream join one span")
+    span_pad_s: float = Field(2.0, ge=0, description="seconds added before and after each span")
+    max_spans: int = Field(8, ge=1)
+    rerank: bool = Field(True, description="reorder candidates by the Q-Former's context attention")
+    context_length: int | None = Field(None, ge=64, description="LLM context (None: the model's own)")
+    max_new_tokens: int = Field(256, ge=1)
+    subtitles: bool = True
+    conv_mode: str = "vicuna_v1"
+
+
+class LLMSettings(BaseModel):
+    """Which backend runs the language model on the assembled input embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["transformers", "vllm", "vllm-server"] = "transformers"
+    model: str | None = Field(None, description="vllm: the folder `vidx export-llm` wrote")
+    url: str | None = Field(None, description="vllm-server: base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key: str | None = None
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=64)
+    timeout_s: float = Field(120.0, gt=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +124,9 @@ class Settings(BaseModel):
     encoder: EncoderSettings = EncoderSettings()
     index: IndexSettings = IndexSettings()
     ingest: IngestSettings = IngestSettings()
+    search: SearchSettings = SearchSettings()
+    query: QuerySettings = QuerySettings()
+    llm: LLMSettings = LLMSettings()
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -94,5 +141,5 @@ def load_settings(path: str | Path) -> Settings:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "ModelSettings", "Settings",
-           "load_settings"]
+__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings",
+           "QuerySettings", "SearchSettings", "Settings", "load_settings"]

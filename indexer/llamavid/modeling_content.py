@@ -16,9 +16,9 @@ class ContentPooling(nn.Module):
         self.compress_type = config.compress_type
         self.grid_size = config.grid_size
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        # patches: (T, N, C)
-        if self.compress_type == "mean":
+    def forward(self, patches: torch.Tensor, to_one: bool = False) -> torch.Tensor:
+        # patches: (T, N, C); to_one: one token per frame whatever the checkpoint's rule (a tighter budget)
+        if self.compress_type == "mean" or to_one:
             return patches.mean(dim=1, keepdim=True)  # (T, 1, C)
         if self.grid_size is None:
             return patches

@@ -46,14 +46,19 @@ class LlamaVidModel(nn.Module):
     def frame_tokens(self, features: torch.Tensor, qformer_ids: torch.Tensor,
                      qformer_mask: torch.Tensor) -> torch.Tensor:
         # features: (T, n, C), with CLS (short-video path) or without (long-video path)
-        text_queries = self.text_queries(features, qformer_ids, qformer_mask)  # (T, Q, C)
-        patches = self.patches_of(features)  # (T, N, C)
-        context = self.context_attention(text_queries, patches)  # (T, 1, D)
+        context = self.context_tokens(features, qformer_ids, qformer_mask)  # (T, 1, D)
         return torch.cat([context, self.content_tokens(features)], dim=1)  # (T, 1 + P, D)
 
-    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """The question-independent part of a frame's tokens: (T, n, C) -> (T, P, D)."""
-        return self.content_projector(self.content_pooling(self.patches_of(features)))
+    def context_tokens(self, features: torch.Tensor, qformer_ids: torch.Tensor,
+                       qformer_mask: torch.Tensor) -> torch.Tensor:
+        """The question-dependent part of a frame's tokens: (T, n, C) -> (T, 1, D)."""
+        text_queries = self.text_queries(features, qformer_ids, qformer_mask)  # (T, Q, C)
+        return self.context_attention(text_queries, self.patches_of(features))  # (T, 1, D)
+
+    def content_tokens(self, features: torch.Tensor, to_one: bool = False) -> torch.Tensor:
+        """The question-independent part of a frame's tokens: (T, n, C) -> (T, P, D), or (T, 1, D)
+        pooled to one token."""
+        return self.content_projector(self.content_pooling(self.patches_of(features), to_one))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.get_input_embeddings()(ids)

@@ -4,6 +4,7 @@
     pixel_values = m.preprocess(frames)            # uint8 [T,H,W,3] -> float [T,3,S,S]
     features = m.encode_frames(pixel_values)       # [T, 1+N, C], CLS first
     tokens = m.frame_tokens(features, question)    # [T, 1+P, D]: context token, then P content tokens
+    context = m.context_tokens(features, question) # [T, 1, D]: the question-dependent part
     content = m.content_tokens(features)           # [T, P, D]: the question-independent part
     ids = m.prompt_ids(question, T, mode="movie")  # LongTensor [L], -200 at placeholders
     embeds = m.inputs_embeds(ids, tokens)          # [L', D]
@@ -22,7 +23,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 from transformers.models.clip import CLIPImageProcessorPil
 
 from indexer.llamavid import checkpoint as ckpt
@@ -121,10 +123,24 @@ class LlamaVid:
         return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
 
     @torch.inference_mode()
-    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """[T, P, D] content tokens (question-independent; what the index stores per frame)."""
+    def context_tokens(self, features: torch.Tensor, question: str) -> torch.Tensor:
+        """[T, 1, D] the question's context token per frame (the first of `frame_tokens`)."""
         self._check_features(features)
-        return self.model.content_tokens(features.to(device=self.device, dtype=self.dtype))
+        ids, mask = self._qformer_inputs(question)
+        return self.model.context_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
+
+    @torch.inference_mode()
+    def content_tokens(self, features: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """[T, P, D] content tokens (question-independent; what the index stores per frame).
+        `num_tokens` 1 pools every patch into one token when a budget is tight (None: P, the
+        checkpoint's compress_type)."""
+        self._check_features(features)
+        own = self.config.content_tokens_per_frame
+        if num_tokens not in (None, own, 1):
+            raise ValueError(f"num_tokens must be {own} (this checkpoint's compress_type "
+                             f"{self.config.compress_type!r}) or 1, got {num_tokens}")
+        return self.model.content_tokens(features.to(device=self.device, dtype=self.dtype),
+                                         to_one=num_tokens == 1 and own != 1)
 
     @torch.inference_mode()
     def context_scores(self, features: torch.Tensor, question: str) -> torch.Tensor:
@@ -176,9 +192,12 @@ class LlamaVid:
 
     @torch.inference_mode()
     def generate(self, embeds: torch.Tensor, max_new_tokens: int = 64, do_sample: bool = False,
+                 streamer: BaseStreamer | None = None, stopping_criteria: StoppingCriteriaList | None = None,
                  **sampling) -> list[int]:
         """New token ids after the prompt, up to and including eos. Sampling uses the checkpoint's
-        generation_config.json (temperature, top_p) unless `sampling` overrides them."""
+        generation_config.json (temperature, top_p) unless `sampling` overrides them. `streamer` and
+        `stopping_criteria` go to transformers' `generate` (the LLM backends time the first token
+        and stop at stop strings with them)."""
         embeds = self._check_embeds(embeds)
         options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=self.tokenizer.eos_id,
                                    pad_token_id=self.generation_defaults.get("pad_token_id") or 0)
@@ -189,7 +208,8 @@ class LlamaVid:
         self.model.reset_rope_state()
         out = self.model.language_model.generate(
             inputs_embeds=embeds[None], generation_config=options,
-            attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=self.device))
+            attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=self.device),
+            streamer=streamer, stopping_criteria=stopping_criteria)
         return out[0].tolist()
 
     def answer(self, question: str, features: torch.Tensor, subtitles: dict[int, str] | None = None,

@@ -1,0 +1,267 @@
+"""`QueryEngine`: a question over an index root to an answer that cites its moments.
+
+    engine = QueryEngine.open("runs/idx")                 # settings: the index's ingest-config.yaml
+    answer = engine.ask("when does the courier leave?", SearchFilter(streams=("cam1",)))
+    hits = engine.search(text="a red van", k=10)          # or image=uint8 RGB [H, W, 3]
+
+The order of the work: embed the question -> FAISS top-k within the filters -> rerank by
+context attention -> spans -> token budget -> context and content tokens over the chosen
+frames -> prompt with timestamps -> LLM."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.embedding import ImageTextEmbedder
+from indexer.encoding import model_fingerprint
+from indexer.llamavid import LlamaVid
+from indexer.llamavid.conversation import get_template
+from indexer.llm.base import LLMBackend, make_backend
+from indexer.query.answer import Answer, Citation
+from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
+from indexer.query.frames import FrameTable
+from indexer.query.prompt import (PromptFrame, PromptSpan, Turn, conversation_prompt, span_header, time_label,
+                                  video_text)
+from indexer.query.rerank import combine_scores, context_relevance
+from indexer.query.search import FrameSearch, Hit, SearchFilter
+from indexer.query.spans import Span, merge_hits
+from indexer.settings import Settings, load_settings
+from indexer.store.index import IndexReader
+from indexer.store.manifest import StreamEntry
+
+INGEST_CONFIG = "ingest-config.yaml"
+FEATURE_CHUNK = 512  # frames whose features are in memory at once
+
+
+class QueryEngine:
+    def __init__(self, root: str | Path, model: LlamaVid, embedder: ImageTextEmbedder, llm: LLMBackend,
+                 settings: Settings):
+        self.root = Path(root)
+        self.model = model
+        self.embedder = embedder
+        self.llm = llm
+        self.settings = settings
+        self.index: IndexReader
+        self.refresh(force=True)
+
+    @classmethod
+    def open(cls, root: str | Path, settings: Settings | None = None) -> "QueryEngine":
+        """Load the models `settings` name (default: the ones the index was built with, from its
+        ingest-config.yaml) and check they are the ones that made the index."""
+        root = Path(root)
+        index = IndexReader(root)
+        if settings is None:
+            saved = root / INGEST_CONFIG
+            if not saved.is_file():
+                raise FileNotFoundError(f"{saved} not found: pass the settings the index was built with (--config)")
+            settings = load_settings(saved)
+        m = settings.model
+        model = LlamaVid.from_pretrained(m.model_dir, m.vision_tower, m.image_processor, m.qformer,
+                                         device=m.device, dtype=m.torch_dtype)
+        embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
+        layout = index.layout
+        if layout is not None:
+            if model_fingerprint(model) != layout.model_fingerprint:
+                raise ValueError(f"{root} was indexed with the LLaMA-VID model {layout.model_name} (fingerprint "
+                                 f"{layout.model_fingerprint}), not {m.model_dir}")
+            if f"{embedder.name}@{embedder.fingerprint}" != layout.embedding_model:
+                raise ValueError(f"{root} was indexed with the retrieval embedding {layout.embedding_model}, "
+                                 f"not {embedder.name}@{embedder.fingerprint}")
+        return cls(root, model, embedder, make_backend(settings.llm, model), settings)
+
+    def refresh(self, force: bool = False) -> bool:
+        """See the latest commit (live ingestion keeps committing). True when it changed."""
+        index = IndexReader(self.root)
+        if not force and index.manifest.generation == self.index.manifest.generation:
+            return False
+        self.index = index
+        self.frames = FrameTable(index)
+        self.search_index = FrameSearch(index, self.settings.search)
+        return True
+
+    def close(self) -> None:
+        self.llm.close()
+
+    # -- the index --------------------------------------------------------------------------------
+    def streams(self) -> list[StreamEntry]:
+        return list(self.index.manifest.streams.values())
+
+    def thumbnail(self, frame_id: int) -> bytes:
+        """The JPEG thumbnail stored with a frame."""
+        if not 0 <= frame_id < self.index.manifest.next_frame_id:
+            raise KeyError(f"no frame {frame_id} in {self.root}")
+        stream_id = self.frames.stream_of(frame_id)
+        import pyarrow.compute as pc
+
+        table = self.index.timeline(stream_id, columns=["frame_id", "thumbnail"])
+        row = table.filter(pc.equal(table["frame_id"], frame_id))
+        if not row.num_rows:
+            raise KeyError(f"no frame {frame_id} in {self.root}")
+        return row["thumbnail"][0].as_py()
+
+    # -- search -----------------------------------------------------------------------------------
+    def search(self, text: str | None = None, image: np.ndarray | None = None, k: int | None = None,
+               where: SearchFilter | None = None) -> list[Hit]:
+        """Frames most like a text or an image (uint8 RGB [H, W, 3]), best first."""
+        if (text is None) == (image is None):
+            raise ValueError("search needs exactly one of text or image")
+        k = self._check_k(k)
+        if text is not None:
+            query = self.embedder.embed_texts([_check_text(text)])[0]
+        else:
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError("image must be a uint8 RGB array [H, W, 3]")
+            query = self.embedder.embed_images([image])[0]
+        return self.search_index.search(query, k, where)
+
+    # -- ask --------------------------------------------------------------------------------------
+    def ask(self, question: str, where: SearchFilter | None = None, history: list[Turn] | None = None,
+            k: int | None = None) -> Answer:
+        question = _check_text(question)
+        history = list(history or [])
+        q = self.settings.query
+        timings: dict[str, float] = {}
+        with _timed(timings, "embed"):
+            query = self.embedder.embed_texts([question])[0]
+        with _timed(timings, "search"):
+            hits = self.search_index.search(query, self._check_k(k), where)
+        if q.rerank and len(hits) > 1:
+            with _timed(timings, "rerank"):
+                hits = self._rerank(hits, question)
+        spans = merge_hits(hits, q.span_gap_s, q.span_pad_s, q.max_spans)
+        span_ids = [self._span_frames(span, where) for span in spans]
+        scope = self._scope(where)
+
+        with _timed(timings, "plan"):
+            plan, prompt_spans, ids = self._plan(question, history, scope, spans, span_ids)
+        tokens = self._frame_tokens([f.frame_id for s in prompt_spans for f in s.frames], question,
+                                    plan.content_tokens, timings)
+        with _timed(timings, "prompt"):
+            embeds = self.model.inputs_embeds(ids, tokens)  # (L, D)
+        generation = self.llm.generate(embeds, q.max_new_tokens, stop=[get_template(q.conv_mode).stop_str])
+        timings["llm_first_token"] = generation.first_token_s
+        timings["llm_total"] = generation.total_s
+
+        citations = self._citations(plan, spans, span_ids, prompt_spans)
+        answer_history = history + [Turn(question, generation.text)]
+        return Answer(question, generation.text, citations, plan.mode, plan.frames, 1 + plan.content_tokens,
+                      int(ids.shape[0]), timings, answer_history)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _check_k(self, k: int | None) -> int:
+        k = self.settings.query.k if k is None else k
+        if not isinstance(k, int) or not 1 <= k <= self.settings.query.max_k:
+            raise ValueError(f"k must be an integer in 1..{self.settings.query.max_k} (query.max_k), got {k!r}")
+        return k
+
+    def _rerank(self, hits: list[Hit], question: str) -> list[Hit]:
+        features = torch.from_numpy(self.index.features([h.frame_id for h in hits]))
+        relevance = context_relevance(self.model, features, question)
+        combined = combine_scores(np.array([h.score for h in hits]), relevance)
+        return [hits[i] for i in np.argsort(-combined, kind="stable")]
+
+    def _span_frames(self, span: Span, where: SearchFilter | None) -> np.ndarray:
+        start, end = span.start_s, span.end_s
+        if where is not None:  # padding never reaches outside the asked-for time range
+            start = start if where.start_s is None else max(start, where.start_s)
+            end = end if where.end_s is None else min(end, where.end_s)
+        return self.frames.stream(span.stream_id).between(start, end)
+
+    def _scope(self, where: SearchFilter | None) -> dict[str, np.ndarray]:
+        """Every frame the question may see, per stream (the whole-video mode's frames)."""
+        where = where or SearchFilter()
+        streams = where.streams if where.streams is not None else tuple(self.frames.streams)
+        scope = {s: self.frames.stream(s).between(where.start_s, where.end_s) for s in streams}
+        return {s: ids for s, ids in scope.items() if len(ids)}
+
+    def _plan(self, question: str, history: list[Turn], scope: dict[str, np.ndarray], spans: list[Span],
+              span_ids: list[np.ndarray]) -> tuple[TokenPlan, list[PromptSpan], torch.Tensor]:
+        q = self.settings.query
+        context_length = q.context_length or self.model.config.context_length
+        count = self.model.tokenizer.encode
+        fixed = len(count(conversation_prompt(video_text([], 1), question, history, q.conv_mode)))
+        whole_ids = np.concatenate(list(scope.values())) if scope else np.zeros(0, np.int64)
+        subtitled = [self.frames.subtitle(i) for i in whole_ids] if q.subtitles else []
+        subtitle_tokens = sum(len(count(s)) for s in subtitled if s)
+        levels = sorted({self.model.config.content_tokens_per_frame, 1}, reverse=True)
+        shrink = 0
+        for _ in range(4):  # the estimate can miss by a few tokens where pieces join: re-plan tighter
+            costs = TokenCosts(available=context_length - q.max_new_tokens - fixed - shrink,
+                               label=len(count(time_label(36000.0))),
+                               span_header=len(count(span_header("x" * 12, 36000.0, 36000.0))),
+                               subtitle_per_frame=subtitle_tokens / max(1, len(whole_ids)))
+            plan = plan_tokens(len(whole_ids), [len(ids) for ids in span_ids], levels, costs)
+            prompt_spans = self._prompt_spans(plan, scope, spans, span_ids)
+            text = conversation_prompt(video_text(prompt_spans, 1 + plan.content_tokens, plan.label_every,
+                                                  q.subtitles), question, history, q.conv_mode)
+            ids = self.model.tokenizer.encode_with_images(text)
+            over = ids.shape[0] + q.max_new_tokens - context_length
+            if over <= 0:
+                return plan, prompt_spans, ids
+            shrink += over
+        raise ValueError(f"cannot fit the prompt into {context_length} tokens (over by {over})")
+
+    def _prompt_spans(self, plan: TokenPlan, scope: dict[str, np.ndarray], spans: list[Span],
+                      span_ids: list[np.ndarray]) -> list[PromptSpan]:
+        """The spans as the prompt shows them, in time order."""
+        if plan.mode == "whole":
+            runs = [(stream_id, ids) for stream_id, ids in scope.items()]
+        else:
+            order = sorted(range(len(spans)), key=lambda i: (spans[i].stream_id, spans[i].start_s))
+            runs = [(spans[i].stream_id, span_ids[i][:: plan.frame_stride]) for i in order if len(span_ids[i])]
+        out = []
+        for stream_id, ids in runs:
+            frames = tuple(PromptFrame(int(i), self.frames.pts(i), self.frames.subtitle(i)) for i in ids)
+            out.append(PromptSpan(stream_id, frames[0].pts_s, frames[-1].pts_s, frames))
+        return out
+
+    def _frame_tokens(self, frame_ids: list[int], question: str, content_tokens: int,
+                      timings: dict[str, float]) -> torch.Tensor:
+        """[T, 1 + P, D] over the chosen frames, a chunk of features in memory at a time."""
+        out = []
+        timings.setdefault("features", 0.0)
+        timings.setdefault("context_tokens", 0.0)
+        for start in range(0, len(frame_ids), FEATURE_CHUNK):
+            with _timed(timings, "features"):
+                features = torch.from_numpy(self.index.features(frame_ids[start:start + FEATURE_CHUNK]))
+                features = features[:, 1:]  # (t, N, C): the long-video path, no CLS
+            with _timed(timings, "context_tokens"):
+                context = self.model.context_tokens(features, question)  # (t, 1, D)
+                content = self.model.content_tokens(features, content_tokens)  # (t, P, D)
+                out.append(torch.cat([context, content], dim=1))
+        return torch.cat(out)
+
+    def _citations(self, plan: TokenPlan, spans: list[Span], span_ids: list[np.ndarray],
+                   prompt_spans: list[PromptSpan]) -> list[Citation]:
+        sent = {f.frame_id for s in prompt_spans for f in s.frames}
+        citations = []
+        for span, ids in zip(spans, span_ids):
+            used = tuple(int(i) for i in ids if int(i) in sent)
+            if not used:
+                continue
+            citations.append(Citation(span.stream_id, self.frames.pts(used[0]), self.frames.pts(used[-1]), used,
+                                      span.hits[0], span.score))
+        return citations
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"the question must be a non-empty string, got {text!r}")
+    return text.strip()
+
+
+__all__ = ["QueryEngine"]
