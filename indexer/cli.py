@@ -43,6 +43,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_from_args(args)
 
 
+def _cmd_export_llm(args: argparse.Namespace) -> int:
+    from indexer.llm.export import export_llm
+
+    report = export_llm(args.model, args.out, force=args.force, max_shard_bytes=args.max_shard_bytes)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _add_export_llm(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export-llm", help="write the LLM of a LLaMA-VID release as a plain LLaMA folder for vLLM",
+        description="Write the language model of a LLaMA-VID release (no vision tower, Q-Former or projector) as a "
+                    "LlamaForCausalLM folder, then serve it: vllm serve OUT --enable-prompt-embeds "
+                    "--max-model-len N, with settings llm: {backend: vllm-server, url: http://127.0.0.1:8000/v1}.")
+    export.add_argument("model", help="LLaMA-VID model folder (config.json, pytorch_model-*.bin or safetensors) "
+                                      "or hub repo id")
+    export.add_argument("out", help="folder to create (written as OUT.tmp, then renamed)")
+    export.add_argument("--force", action="store_true", help="replace OUT if it is not empty")
+    export.add_argument("--max-shard-bytes", type=int, default=5_000_000_000,
+                        help="largest safetensors shard (default 5e9, as transformers)")
+    export.set_defaults(func=_cmd_export_llm)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Built-in defaults end to end: a tiny random LLaMA-VID in the official layout, a generated
     clip, both prompt paths, and an answer. Real checkpoints use the same calls."""
@@ -104,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="index sources (files, URLs, live streams) into an index root on Ray")
     add_ingest_arguments(ingest)
     ingest.set_defaults(func=_cmd_ingest)
+
+    _add_export_llm(sub)
 
     demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
     demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "
