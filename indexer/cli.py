@@ -66,6 +66,18 @@ def _add_export_llm(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_cmd_export_llm)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from indexer.server import serve
+    from indexer.settings import load_settings
+
+    serve(args.index, load_settings(args.config) if args.config else None, host=args.host, port=args.port,
+          token=args.token or os.environ.get("VIDX_TOKEN") or None, media_roots=args.media_root,
+          access_log=args.verbose)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Built-in defaults end to end: a tiny random LLaMA-VID in the official layout, a generated
     clip, both prompt paths, and an answer. Real checkpoints use the same calls."""
@@ -129,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_cmd_ingest)
 
     _add_export_llm(sub)
+
+    serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
+                                         "click to play)")
+    serve.add_argument("index", help="index root written by vidx ingest")
+    serve.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: %(default)s); any non-loopback address needs a token")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token", help="required on every /api request (default: $VIDX_TOKEN, which other users "
+                                       "cannot see in the process list); the page asks for it")
+    serve.add_argument("--media-root", action="append",
+                       help="serve source files only from this folder (repeat for several; default: any file a "
+                            "stream of the index names)")
+    serve.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
     demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "

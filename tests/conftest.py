@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.indexes import tiny_index  # noqa: F401  (a session fixture: a real index of two videos)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,101 @@
+"""The web page in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`)
+driven by selenium against a real uvicorn server over the tiny index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from indexer.query.engine import QueryEngine
+from indexer.server import create_app
+from tests.server.fakes import FakeEngine, entry
+from tests.server.live import running_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_S = 60
+
+
+def chrome():
+    """A headless Chromium, or a skip (outside CI) that says what to install."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists() and not shutil.which(Path(p).name)]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} not installed: .ci/run installs chromium and chromium-driver")
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio",
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    # the driver named outright: selenium never looks for (or downloads) another one
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.timeout(240)
+def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome()
+    engine = QueryEngine.open(tiny_index.root)
+    try:
+        with running_server(create_app(engine)) as url:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, WAIT_S)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stream-choices input"))  # streams polled
+            driver.find_element(By.ID, "choose-b").click()
+            driver.find_element(By.ID, "from-s").send_keys("3")
+            driver.find_element(By.ID, "question").send_keys("What is shown on the screen?")
+            driver.find_element(By.ID, "ask-button").click()
+
+            wait.until(lambda d: d.find_element(By.ID, "answer-text").text.strip())
+            thumbs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#timelines button.thumb"))
+            wait.until(lambda d: d.execute_script(
+                "return [...document.querySelectorAll('#timelines img')].every(i => i.complete && i.naturalWidth > 0)"))
+            assert all(t.get_attribute("data-stream") == "b" for t in thumbs)
+            assert driver.find_element(By.CSS_SELECTOR, "#timelines img").get_attribute("alt")
+
+            thumb = thumbs[-1]
+            start = float(thumb.get_attribute("data-start"))
+            assert start >= 3.0  # the time filter reached the engine
+            thumb.click()
+            state = wait.until(lambda d: d.execute_script(
+                "const v = document.getElementById('player');"
+                "if (v.error) return {error: v.error.code};"
+                "return v.readyState >= 1 && !v.seeking && v.currentTime > 0 ? {time: v.currentTime} : null;"))
+            driver.save_screenshot(str(tmp_path / "page.png"))
+            assert "error" not in state, f"the browser could not play the source (MediaError {state})"
+            assert abs(state["time"] - start) <= tiny_index.sample_interval_s, (state, start)
+    finally:
+        driver.quit()
+        engine.close()
+
+
+@pytest.mark.timeout(120)
+def test_live_streams_show_their_latest_frame_as_it_moves_on(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    engine = FakeEngine([entry("cam", "rtsp://127.0.0.1:8554/cam", "rtsp", live=True)])
+    driver = chrome()
+    try:
+        with running_server(create_app(engine, refresh_interval_s=0)) as url:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, WAIT_S)
+            latest = "li[data-stream='cam'] img.latest"
+            shown = "const i = document.querySelector(arguments[0]);" \
+                    "return i && i.complete && i.naturalWidth > 0 ? [i.dataset.frame, i.alt] : null;"
+            assert wait.until(lambda d: d.execute_script(shown, latest)) == ["1", "latest frame of cam, at 0:01"]
+            new = engine.add_frame("cam", 2.0)  # a live ingest committed a frame: the page polls and shows it
+            wait.until(lambda d: (d.execute_script(shown, latest) or [None])[0] == str(new))
+            assert driver.execute_script(shown, latest) == [str(new), "latest frame of cam, at 0:02"]
+            assert "live" in driver.find_element(By.CSS_SELECTOR, "li[data-stream='cam']").text
+    finally:
+        driver.quit()

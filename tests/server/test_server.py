@@ -1,0 +1,112 @@
+"""The server's own rules, over a stand-in engine (no models): questions one at a time while the
+rest of the API stays responsive, refreshes for live commits, what the media route serves for
+each kind of source, and the token rule of `vidx serve`."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.cli import main
+from indexer.server import check_exposure, create_app
+from indexer.server.serve import is_loopback
+from tests.server.fakes import FakeEngine, entry
+from tests.server.live import running_server
+
+
+@pytest.fixture
+def engine(tmp_path) -> FakeEngine:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(bytes(range(256)) * 4)
+    return FakeEngine([entry("file", str(video), "file"), entry("gone", str(tmp_path / "missing.mp4"), "file"),
+                       entry("cam", "rtsp://127.0.0.1:8554/cam", "rtsp", live=True),
+                       entry("web", "https://example.org/talk.mp4", "http"),
+                       entry("secret", "https://user:pw@example.org/talk.mp4", "http"),
+                       entry("hls", "http://127.0.0.1:9/live.m3u8", "hls", live=True)])
+
+
+def test_questions_run_one_at_a_time_while_the_rest_of_the_api_answers(engine):
+    engine.release.clear()
+    with running_server(create_app(engine, refresh_interval_s=0)) as url, ThreadPoolExecutor(2) as pool:
+        asks = [pool.submit(httpx.post, f"{url}/api/ask", json={"question": f"q{i}"}, timeout=30) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while not engine.inside and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.inside == 1
+        started = time.monotonic()
+        assert httpx.get(f"{url}/api/streams", timeout=5).status_code == 200  # not stuck behind the question
+        assert httpx.get(f"{url}/api/frames/1/thumbnail.jpg", timeout=5).status_code == 200
+        assert time.monotonic() - started < 3
+        engine.release.set()
+        answers = [a.result() for a in asks]
+    assert [a.status_code for a in answers] == [200, 200] and engine.most_inside == 1
+    body = answers[0].json()
+    assert body["timings"]["llm_first_token"] is None  # NaN has no JSON form
+    assert body["citations"][0]["frame_ids"] == [0, 1]
+    assert engine.refreshes >= 2  # each question saw the latest commit
+
+
+def test_refreshes_at_most_once_per_interval(engine):
+    with TestClient(create_app(engine, refresh_interval_s=3600)) as client:
+        for _ in range(3):
+            assert client.get("/api/streams").status_code == 200
+    assert engine.refreshes == 1
+
+
+def test_media_plays_local_files_redirects_plain_http_files_and_refuses_the_rest(engine, tmp_path):
+    with TestClient(create_app(engine), follow_redirects=False) as client:
+        assert client.get("/api/streams/file/media", headers={"Range": "bytes=0-3"}).content == bytes([0, 1, 2, 3])
+        web = client.get("/api/streams/web/media")
+        assert web.status_code == 307 and web.headers["location"] == "https://example.org/talk.mp4"
+        for sid, words in [("cam", "live rtsp source"), ("hls", "live hls source"), ("gone", "no longer there"),
+                           ("secret", "only local files")]:
+            response = client.get(f"/api/streams/{sid}/media")
+            assert response.status_code == 404 and words in response.json()["detail"], (sid, response.text)
+        media = {s["stream_id"]: s["media"] for s in client.get("/api/streams").json()["streams"]}
+        assert media == {"file": True, "gone": True, "cam": False, "web": True, "secret": False, "hls": False}
+    elsewhere = tmp_path / "media-root"
+    elsewhere.mkdir()
+    with TestClient(create_app(engine, media_roots=[elsewhere])) as client:
+        response = client.get("/api/streams/file/media")
+        assert response.status_code == 404 and "outside the media roots" in response.json()["detail"]
+    with TestClient(create_app(engine, media_roots=[tmp_path])) as client:
+        assert client.get("/api/streams/file/media").status_code == 200
+
+
+def test_streams_report_the_latest_committed_frame(engine):
+    with TestClient(create_app(engine)) as client:
+        cam = next(s for s in client.get("/api/streams").json()["streams"] if s["stream_id"] == "cam")
+    assert cam["live"] and cam["latest_frame_id"] == 5 and cam["latest_pts_s"] == 1.0
+    new = engine.add_frame("cam", 2.0)
+    with TestClient(create_app(engine)) as client:
+        cam = next(s for s in client.get("/api/streams").json()["streams"] if s["stream_id"] == "cam")
+        assert cam["latest_frame_id"] == new and cam["latest_pts_s"] == 2.0
+        assert client.get(f"/api/frames/{new}/thumbnail.jpg").status_code == 200
+
+
+def test_only_loopback_binds_go_without_a_token():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert is_loopback(host)
+        check_exposure(host, None)
+    for host in ("0.0.0.0", "::", "192.168.1.10", "myhost.example"):
+        assert not is_loopback(host)
+        with pytest.raises(ValueError, match="give a token"):
+            check_exposure(host, None)
+        with pytest.raises(ValueError, match="at least 16"):
+            check_exposure(host, "short")
+        check_exposure(host, "a-long-enough-token-123")
+    with pytest.raises(ValueError, match="empty"):
+        create_app(FakeEngine([]), token="")
+
+
+def test_vidx_serve_refuses_a_public_bind_without_a_token_before_loading_anything(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("VIDX_TOKEN", raising=False)
+    assert main(["serve", str(tmp_path / "no-index"), "--host", "0.0.0.0"]) == 2
+    assert "give a token" in capsys.readouterr().err
+    monkeypatch.setenv("VIDX_TOKEN", "a-long-enough-token-123")  # the token passes; then the missing index fails
+    assert main(["serve", str(tmp_path / "no-index"), "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "no index here" in capsys.readouterr().err
