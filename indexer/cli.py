@@ -43,6 +43,41 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return ingest_from_args(args)
 
 
+def parse_time(text: str) -> float:
+    """Seconds, or [H:]MM:SS (as the answers write times)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use seconds or H:MM:SS)") from None
+    if len(parts) > 3 or any(p < 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use seconds or H:MM:SS)")
+    return sum(p * 60**i for i, p in enumerate(reversed(parts)))
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    import json
+
+    from indexer.query.engine import QueryEngine
+    from indexer.query.prompt import clock
+    from indexer.query.search import SearchFilter
+    from indexer.settings import load_settings
+
+    engine = QueryEngine.open(args.index, load_settings(args.config) if args.config else None)
+    where = SearchFilter(tuple(args.stream) if args.stream else None, args.start, args.end)
+    answer = engine.ask(args.question, where, k=args.k)
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2))
+        return 0
+    print(answer.text)
+    print(f"\n{answer.mode} mode: {answer.frames} frames x {answer.tokens_per_frame} tokens, "
+          f"{answer.prompt_tokens} prompt tokens")
+    for c in answer.citations:
+        print(f"  [{c.stream_id} {clock(c.start_s)}-{clock(c.end_s)}] frames {c.frame_ids[0]}..{c.frame_ids[-1]} "
+              f"(best {c.best_frame_id}, score {c.score:.3f})")
+    print("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in answer.timings.items()))
+    return 0
+
+
 def _cmd_export_llm(args: argparse.Namespace) -> int:
     from indexer.llm.export import export_llm
 
@@ -140,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_ingest_arguments(ingest)
     ingest.set_defaults(func=_cmd_ingest)
 
+    ask = sub.add_parser("ask", help="ask a question over an index; the answer cites the moments it used")
+    ask.add_argument("index", help="index root written by vidx ingest")
+    ask.add_argument("question")
+    ask.add_argument("--stream", action="append", help="only this stream (repeat for several)")
+    ask.add_argument("--from", dest="start", type=parse_time, help="media time to start at (seconds or H:MM:SS)")
+    ask.add_argument("--to", dest="end", type=parse_time, help="media time to end at (seconds or H:MM:SS)")
+    ask.add_argument("--k", type=int, help="frames to retrieve (default: query.k)")
+    ask.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
+    ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
+    ask.set_defaults(func=_cmd_ask)
+
     _add_export_llm(sub)
 
     serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
@@ -171,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as exc:
-        print(f"vidx {args.command}: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"vidx {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

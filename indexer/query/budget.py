@@ -30,6 +30,7 @@ class TokenPlan:
     content_tokens: int         # per frame, after the context token
     label_every: int            # a timestamp label every this many frames
     frame_stride: int           # 1: every frame of each span; s: every s-th
+    spans: int                  # spans mode: how many of the best spans are sent
     frames: int                 # frames sent
     tokens: int                 # estimated prompt tokens for frames, labels, headers and subtitles
 
@@ -48,23 +49,24 @@ def plan_tokens(whole_frames: int, span_frames: list[int], content_levels: list[
                 tokens = (whole_frames * (1 + content) + math.ceil(whole_frames / every) * costs.label
                           + costs.span_header + math.ceil(whole_frames * costs.subtitle_per_frame))
                 if tokens <= costs.available:
-                    return TokenPlan("whole", content, every, 1, whole_frames, tokens)
+                    return TokenPlan("whole", content, every, 1, 0, whole_frames, tokens)
+    span_frames = [n for n in span_frames if n]
     if not span_frames:
         raise ValueError("nothing to send: no frame matched the question and its filters")
-    for content in levels:
-        tokens = _spans_tokens(span_frames, 1, content, costs)
-        if tokens <= costs.available:
-            return TokenPlan("spans", content, 1, 1, sum(span_frames), tokens)
-    content = levels[-1]
-    for stride in range(2, max(span_frames) + 1):
-        tokens = _spans_tokens(span_frames, stride, content, costs)
-        if tokens <= costs.available:
-            frames = sum(math.ceil(n / stride) for n in span_frames)
-            return TokenPlan("spans", content, 1, stride, frames, tokens)
-    one = len(span_frames) * (costs.span_header + 1 + content + costs.label)
-    raise ValueError(f"the LLM context is too small: {costs.available} tokens are left for video, and one "
-                     f"frame of each of {len(span_frames)} spans needs {one}; lower query.max_spans or "
-                     "query.max_new_tokens, or raise query.context_length")
+    for kept in range(len(span_frames), 0, -1):  # the weakest spans go last, when nothing else helps
+        spans = span_frames[:kept]
+        for content in levels:
+            tokens = _spans_tokens(spans, 1, content, costs)
+            if tokens <= costs.available:
+                return TokenPlan("spans", content, 1, 1, kept, sum(spans), tokens)
+        content = levels[-1]
+        for stride in range(2, max(spans) + 1):
+            tokens = _spans_tokens(spans, stride, content, costs)
+            if tokens <= costs.available:
+                return TokenPlan("spans", content, 1, stride, kept, sum(math.ceil(n / stride) for n in spans), tokens)
+    one = costs.span_header + 1 + levels[-1] + costs.label
+    raise ValueError(f"the LLM context is too small: {costs.available} tokens are left for video and one frame "
+                     f"needs {one}; lower query.max_new_tokens or raise query.context_length")
 
 
 def _spans_tokens(span_frames: list[int], stride: int, content: int, costs: TokenCosts) -> int:

@@ -135,6 +135,7 @@ class QueryEngine:
                 hits = self._rerank(hits, question)
         spans = merge_hits(hits, q.span_gap_s, q.span_pad_s, q.max_spans)
         span_ids = [self._span_frames(span, where) for span in spans]
+        spans, span_ids = [s for s, ids in zip(spans, span_ids) if len(ids)], [ids for ids in span_ids if len(ids)]
         scope = self._scope(where)
 
         with _timed(timings, "plan"):
@@ -189,12 +190,14 @@ class QueryEngine:
         subtitled = [self.frames.subtitle(i) for i in whole_ids] if q.subtitles else []
         subtitle_tokens = sum(len(count(s)) for s in subtitled if s)
         levels = sorted({self.model.config.content_tokens_per_frame, 1}, reverse=True)
+        last_s = max((self.frames.pts(int(ids[-1])) for ids in [*scope.values(), *span_ids]), default=0.0)
+        label = len(count(time_label(last_s)))  # the longest label: the latest time
+        header = max((len(count(span_header(s, last_s, last_s))) for s in {*scope, *(s.stream_id for s in spans)}),
+                     default=0)
         shrink = 0
         for _ in range(4):  # the estimate can miss by a few tokens where pieces join: re-plan tighter
-            costs = TokenCosts(available=context_length - q.max_new_tokens - fixed - shrink,
-                               label=len(count(time_label(36000.0))),
-                               span_header=len(count(span_header("x" * 12, 36000.0, 36000.0))),
-                               subtitle_per_frame=subtitle_tokens / max(1, len(whole_ids)))
+            costs = TokenCosts(available=context_length - q.max_new_tokens - fixed - shrink, label=label,
+                               span_header=header, subtitle_per_frame=subtitle_tokens / max(1, len(whole_ids)))
             plan = plan_tokens(len(whole_ids), [len(ids) for ids in span_ids], levels, costs)
             prompt_spans = self._prompt_spans(plan, scope, spans, span_ids)
             text = conversation_prompt(video_text(prompt_spans, 1 + plan.content_tokens, plan.label_every,
@@ -212,8 +215,8 @@ class QueryEngine:
         if plan.mode == "whole":
             runs = [(stream_id, ids) for stream_id, ids in scope.items()]
         else:
-            order = sorted(range(len(spans)), key=lambda i: (spans[i].stream_id, spans[i].start_s))
-            runs = [(spans[i].stream_id, span_ids[i][:: plan.frame_stride]) for i in order if len(span_ids[i])]
+            order = sorted(range(plan.spans), key=lambda i: (spans[i].stream_id, spans[i].start_s))
+            runs = [(spans[i].stream_id, span_ids[i][:: plan.frame_stride]) for i in order]
         out = []
         for stream_id, ids in runs:
             frames = tuple(PromptFrame(int(i), self.frames.pts(i), self.frames.subtitle(i)) for i in ids)

@@ -28,6 +28,12 @@ def test_spans_when_the_whole_video_does_not_fit():
     assert (tight.content_tokens, tight.frame_stride, tight.frames) == (1, 1, 50)  # 50 x 7 + 20 = 370
     tighter = plan_tokens(10_800, [30, 20], [16, 1], TokenCosts(available=200, label=5, span_header=10))
     assert tighter.content_tokens == 1 and tighter.frame_stride == 2 and tighter.tokens <= 200
+    assert tighter.spans == 2
+
+
+def test_the_weakest_spans_go_when_one_frame_of_each_does_not_fit():
+    plan = plan_tokens(10_800, [3, 3, 3], [1], TokenCosts(available=60, label=5, span_header=30))
+    assert (plan.mode, plan.spans, plan.frame_stride, plan.frames) == ("spans", 1, 1, 3)  # 30 + 3 x 7 = 51
 
 
 def test_subtitles_count_against_the_budget():
@@ -39,6 +45,6 @@ def test_subtitles_count_against_the_budget():
 
 def test_clear_errors():
     with pytest.raises(ValueError, match="context is too small"):
-        plan_tokens(10_000, [5, 5, 5], [1], TokenCosts(available=20, label=5, span_header=10))
+        plan_tokens(10_000, [5, 5, 5], [1], TokenCosts(available=16, label=5, span_header=10))
     with pytest.raises(ValueError, match="no frame matched"):
         plan_tokens(10_000, [], [1], TokenCosts(available=20, label=5, span_header=10))
