@@ -61,10 +61,10 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
+    config = _absolute_paths(settings).model_dump(mode="json")
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     started = time.monotonic()
-    config = _absolute_paths(settings).model_dump(mode="json")
     encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
                 .remote(config) for _ in range(settings.encoder.actors)]
     layout = ray.get(encoders[0].layout.remote())
@@ -102,9 +102,18 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
 
 def _absolute_paths(settings: Settings) -> Settings:
     """Actors on a `ray start` cluster do not run in the driver's folder: model paths that exist
-    here relative to it become absolute (hub ids and absolute paths pass unchanged)."""
+    here relative to it become absolute (hub ids and absolute paths pass unchanged). A relative
+    path found nowhere fails here, before Ray starts, rather than in every encoder actor."""
     def fix(value: str | None) -> str | None:
-        return str(Path(value).resolve()) if value and not Path(value).is_absolute() and Path(value).exists() else value
+        if not value or Path(value).is_absolute():
+            return value
+        if Path(value).expanduser().exists():
+            return str(Path(value).expanduser().resolve())
+        if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
+            raise FileNotFoundError(
+                f"model path {value!r} not found (relative to {Path.cwd()}); use an absolute path or a hub id "
+                "(`ray job submit --working-dir` does not upload git-ignored folders such as out/)")
+        return value
 
     model = settings.model.model_copy(update={name: fix(getattr(settings.model, name)) for name in
                                               ("model_dir", "vision_tower", "image_processor", "qformer")})
@@ -211,7 +220,7 @@ def ingest_from_args(args: argparse.Namespace) -> int:
     if args.fps is not None:
         settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
     summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=not args.no_progress)
-    print("\n".join(summary.lines()))
+    print("\n".join(summary.lines()), flush=True)  # before `ray job stop` SIGKILLs a slow exit
     return 1 if summary.failed else 0
 
 
@@ -223,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts, or a second Ctrl-C: nothing waited for
+        print("ingest: aborted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

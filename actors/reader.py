@@ -67,13 +67,15 @@ class ReaderActor:
         self._retained: deque[_Sent] = deque()
 
     def stop(self) -> None:
-        """Finish the current batch, commit, and return from `run` (Ctrl-C, `ray job stop`)."""
+        """Finish the current batch, commit, and return from `run` (Ctrl-C, `ray job stop`): the
+        source reader notices at its next packet or reconnect attempt, even while a live source
+        is down and retrying."""
         self._stop.set()
 
     def run(self) -> StreamSummary:
         options = self.settings.reader
         summary = StreamSummary(self.source.stream_id, self.source.uri)
-        reader = SourceReader(self.source, options)
+        reader = SourceReader(self.source, options, stop=self._stop)
         try:
             info = reader.open()
         except SourceError as exc:
@@ -100,7 +102,7 @@ class ReaderActor:
                 self._inflight.clear()
                 self._retained.clear()
                 start_index = rewind.index
-                reader = SourceReader(self.source, options)
+                reader = SourceReader(self.source, options, stop=self._stop)
                 info = reader.open()
             except SourceError as exc:
                 summary.error = str(exc)

@@ -5,10 +5,10 @@ starts the publishing processes in their own process groups, waits until the str
 really there, yields its URL and kills every process group on exit.
 
 The URL is a :class:`LiveUrl` (a ``str``) whose ``info`` (:class:`LiveInfo`) says how media
-time relates to the frame number: for all three streams ``pts_s == n / fps`` exactly
+time relates to the frame number: for all four live streams ``pts_s == n / fps`` exactly
 (``info.pts_offset_s == 0``), as read by PyAV/FFmpeg (``frame.time``), except that over RTSP
-the first frame of a session has no pts. A killed test runner leaves no process behind
-(``PR_SET_PDEATHSIG``).
+the first frame of a session has no pts. :func:`http_files` serves files that are not live.
+A killed test runner leaves no process behind (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +34,8 @@ from typing import Self
 
 from tests.mediagen import ffmpeg_bin, make_video
 
-__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "LiveInfo", "LiveUrl", "hls_live", "rtsp_server", "udp_mpegts"]
+__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "LiveInfo", "LiveUrl", "hls_live", "http_files", "rtmp_server",
+           "rtsp_server", "udp_mpegts"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # has python3-gi (GStreamer bindings); a venv does not
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -179,6 +181,18 @@ def _free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def _tcp_listening(port: int) -> bool:
+    """Whether a socket listens on TCP ``port``, read from /proc without connecting (a server
+    with one client, such as ``ffmpeg -listen 1``, would take the probe for its client)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    return True
+    return False
+
+
 def _tcp_accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
@@ -199,6 +213,47 @@ def _ffmpeg_publish(src: Path, *output: str) -> list[str]:
         ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-nostdin",
         "-re", "-copyts", "-i", str(src), "-map", "0:v", "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", *output,
     ]  # fmt: skip
+
+
+# A static file server on 127.0.0.1 (an ephemeral port, printed once bound), with TLS when
+# given a certificate. Like ``python -m http.server``: no Range requests.
+_HTTP_SERVER = """
+import functools, http.server, ssl, sys
+directory, cert, key = sys.argv[1:4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+if cert:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+print("PORT", server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def _serve_http(procs: _Processes, directory: Path, timeout_s: float, tls: bool = False) -> str:
+    """Start the file server on ``directory``; returns ``http(s)://127.0.0.1:PORT``."""
+    cert = key = ""
+    if tls:  # self-signed for 127.0.0.1; FFmpeg does not verify certificates unless told to
+        cert, key = str(procs.logdir / "cert.pem"), str(procs.logdir / "key.pem")
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise FileNotFoundError("`openssl` not found on PATH (apt-get install openssl)")
+        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    procs.start("http", [sys.executable, "-u", "-c", _HTTP_SERVER, str(directory), cert, key])
+    ports: list[int] = []
+
+    def ready() -> bool:
+        found = re.search(r"PORT (\d+)", procs.output("http"))
+        if found and _tcp_accepts(int(found.group(1))):
+            ports.append(int(found.group(1)))
+            return True
+        return False
+
+    procs.wait_for("HTTP server", ready, timeout_s)
+    return f"{'https' if tls else 'http'}://127.0.0.1:{ports[0]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,18 +286,7 @@ def hls_live(
         src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps * hls_time)
         www = tmp / "www"
         www.mkdir()
-        http = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(www)]
-        procs.start("http", http)
-        port_line: list[int] = []
-
-        def http_ready() -> bool:
-            found = re.search(r"port (\d+)", procs.output("http"))
-            if found:
-                port_line.append(int(found.group(1)))
-            return bool(found)
-
-        procs.wait_for("http.server", http_ready, ready_timeout_s)
-        url = f"http://127.0.0.1:{port_line[0]}/live.m3u8"
+        url = f"{_serve_http(procs, www, ready_timeout_s)}/live.m3u8"
         started = time.monotonic()
         procs.start(
             "ffmpeg",
@@ -340,3 +384,42 @@ def rtsp_server(
         url = f"rtsp://127.0.0.1:{ports[0]}/stream"
         yield LiveUrl(url, LiveInfo(url=url, fps=fps, size=size, num_frames=count, started=started))
 
+
+
+@contextlib.contextmanager
+def rtmp_server(
+    duration_s: float = 30.0,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    *,
+    ready_timeout_s: float = 30.0,
+) -> Iterator[LiveUrl]:
+    """ffmpeg as an RTMP server for one client: ``rtmp://127.0.0.1:PORT/live/stream``.
+
+    ``ffmpeg -re ... -f flv -listen 1 URL`` waits for a client to connect and play, then sends
+    it FLV (H.264, no B-frames, keyframe every second) in real time from frame 0; after
+    ``duration_s`` it closes the connection and exits, so a reconnect is refused. Ready once
+    the port listens (checked without connecting: the probe would be taken for the client).
+
+    Time: ``pts_s == n / fps`` (offset 0; FLV has millisecond timestamps, exact at 25 fps).
+    ``info.started`` is the server start; frame 0 is sent when the client connects.
+    """
+    with _workspace("rtmp-") as (tmp, procs):
+        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps)
+        port = _free_port(socket.SOCK_STREAM)
+        url = f"rtmp://127.0.0.1:{port}/live/stream"
+        started = time.monotonic()
+        procs.start("ffmpeg", _ffmpeg_publish(src, "-f", "flv", "-listen", "1", url))
+        procs.wait_for("RTMP server", lambda: _tcp_listening(port), ready_timeout_s)
+        yield LiveUrl(url, LiveInfo(url=url, fps=fps, size=size, num_frames=count, started=started))
+
+
+@contextlib.contextmanager
+def http_files(directory: str | Path, *, tls: bool = False, ready_timeout_s: float = 30.0) -> Iterator[str]:
+    """Serve the files in ``directory`` over HTTP (``tls``: HTTPS with a self-signed
+    certificate) on 127.0.0.1; yields the base URL ``http(s)://127.0.0.1:PORT`` (no trailing
+    slash). The server answers no Range requests: FFmpeg reads through it as through a stream
+    it cannot seek (an MPEG-TS then has no known duration). A missing file answers 404.
+    """
+    with _workspace("http-") as (_, procs):
+        yield _serve_http(procs, Path(directory), ready_timeout_s, tls=tls)

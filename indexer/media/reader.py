@@ -12,6 +12,7 @@ converts a frame to RGB (scaled in the same swscale call) only when it is sample
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -72,14 +73,19 @@ class SourceReader:
     """Decode one source and sample it on the 1/fps grid, from `start_index` on (resume).
 
     Live sources reconnect with exponential backoff and yield a `Gap` for the time they were
-    gone; damaged stretches of archived files yield a `Gap` and decoding goes on after them."""
+    gone; damaged stretches of archived files yield a `Gap` and decoding goes on after them.
+
+    `stop`, set from another thread (Ctrl-C, `ray job stop`), ends `samples()` at the next
+    packet or reconnect attempt: no padding to the end, no "gave up" gap; what a live source had
+    sampled is yielded, a file is read again from the resume point."""
 
     def __init__(self, source: Source, options: ReaderOptions, start_index: int = 0,
-                 resume_time_s: float | None = None):
+                 resume_time_s: float | None = None, stop: threading.Event | None = None):
         self.source = source
         self.options = options
         self.start_index = start_index
         self.resume_time_s = resume_time_s
+        self.stop = stop if stop is not None else threading.Event()
         self.info: SourceInfo | None = None
         self.decode_errors = 0
         self._container: av.container.InputContainer | None = None
@@ -168,37 +174,37 @@ class SourceReader:
         down_since: float | None = None
         down_reason = ""
         backoff = self.options.reconnect_initial_s
-        while True:
-            container = self._container
-            try:
-                for t_raw, frame in self._frames(container, subtitles):
-                    t, jump = clock(t_raw)
-                    if t is None:
-                        continue  # a live source replaying what was already sampled
-                    wall = time.time() if info.live else None
-                    if jump is not None and last_t is not None:
-                        sampler.restart_at(t)
-                        yield from self._release(pending, subtitles, None)
-                        yield Gap(last_t, t, f"timestamp discontinuity of {jump:+.3f} s", last_wall, wall,
-                                  sampler.next_index)
-                    if down_since is not None:
-                        sampler.restart_at(t)
-                        yield from self._release(pending, subtitles, None)
-                        yield Gap(last_t if last_t is not None else t, t, down_reason, last_wall, wall,
-                                  sampler.next_index)
-                        down_since, backoff = None, self.options.reconnect_initial_s
-                    for sample in sampler.push(t, frame):
-                        pending.append(self._to_sampled(sample, wall))
-                    yield from self._release(pending, subtitles, t - interval)
-                    last_t, last_wall = t, wall
-                    self.decode_errors = 0
-                if not info.live:
-                    break
-                down_reason = "stream ended"
-            except MEDIA_ERRORS as exc:
-                if not info.live:
-                    raise SourceError(self.source.uri, f"read failed: {_describe(exc)}") from exc
-                down_reason = f"connection lost: {_describe(exc)}"
+        while not self.stop.is_set():
+            if self._container is not None:  # None: the last reconnect failed; its reason stands
+                try:
+                    for t_raw, frame in self._frames(self._container, subtitles):
+                        t, jump = clock(t_raw)
+                        if t is None:
+                            continue  # a live source replaying what was already sampled
+                        wall = time.time() if info.live else None
+                        if jump is not None and last_t is not None:
+                            sampler.restart_at(t)
+                            yield from self._release(pending, subtitles, None)
+                            yield Gap(last_t, t, f"timestamp discontinuity of {jump:+.3f} s", last_wall, wall,
+                                      sampler.next_index)
+                        if down_since is not None:
+                            sampler.restart_at(t)
+                            yield from self._release(pending, subtitles, None)
+                            yield Gap(last_t if last_t is not None else t, t, down_reason, last_wall, wall,
+                                      sampler.next_index)
+                            down_since, backoff = None, self.options.reconnect_initial_s
+                        for sample in sampler.push(t, frame):
+                            pending.append(self._to_sampled(sample, wall))
+                        yield from self._release(pending, subtitles, t - interval)
+                        last_t, last_wall = t, wall
+                        self.decode_errors = 0
+                    if not info.live or self.stop.is_set():
+                        break
+                    down_reason = "stream ended"
+                except MEDIA_ERRORS as exc:
+                    if not info.live:
+                        raise SourceError(self.source.uri, f"read failed: {_describe(exc)}") from exc
+                    down_reason = f"connection lost: {_describe(exc)}"
             # live source is down: close, then reconnect with backoff until it answers or we give up
             self._close()
             now = time.monotonic()
@@ -206,7 +212,8 @@ class SourceReader:
             if self.options.give_up_after_s is not None and now - down_since > self.options.give_up_after_s:
                 break
             logger.warning("%s: %s; reconnecting in %.1f s", self.source.uri, down_reason, backoff)
-            time.sleep(backoff)
+            if self.stop.wait(backoff):
+                break
             backoff = min(backoff * 2, self.options.reconnect_max_s)
             try:
                 self._container = self._open_container()
@@ -216,10 +223,16 @@ class SourceReader:
             except SourceError as exc:
                 down_reason = exc.reason
                 self._container = None
-                continue
 
+        if self.stop.is_set():
+            if info.live:  # a live source cannot be read again: keep what was sampled
+                yield from self._release(pending, subtitles, None)
+            self._close()
+            return
         end = None if info.live else info.duration_s
-        for sample in sampler.flush(end if end else (last_t + interval if last_t is not None else None)):
+        if not end and last_t is not None:
+            end = last_t + clock.frame_s  # length unknown (live, or a stream that cannot seek): the last frame's end
+        for sample in sampler.flush(end):
             pending.append(self._to_sampled(sample, last_wall))
         yield from self._release(pending, subtitles, None)
         if info.live and down_since is not None and last_t is not None:
@@ -228,16 +241,15 @@ class SourceReader:
 
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame]]:
         """(raw seconds, frame) of the video stream; subtitle packets go to `subtitles`. A damaged
-        packet is skipped and counted; too many in a row fail the source."""
-        if container is None:
-            raise av.error.OSError(5, "not connected")  # errno EIO: handled as a lost connection
+        packet is skipped and counted; too many in a row fail the source. Ends early when `stop`
+        is set."""
         video = container.streams.video[0]
         start = 0.0 if self.info.live else _start_s(container)
         text_streams = [s for s in container.streams.subtitles if s.codec_context is not None]
         if self.info.keyframes_only:
             video.codec_context.skip_frame = "NONKEY"
         demux = container.demux(video, *text_streams)
-        while True:
+        while not self.stop.is_set():
             try:
                 packet = next(demux)
             except StopIteration:

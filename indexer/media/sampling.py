@@ -112,6 +112,12 @@ class MediaClock:
         self._expect_overlap = last_s is not None
         self._restart_after_s: float | None = None
 
+    @property
+    def frame_s(self) -> float:
+        """The last step between frames under a second (0.04 s until one is seen): how long the
+        last frame stays on screen when the stream's length is unknown."""
+        return self._frame_s
+
     def reconnected(self, continuous: bool, elapsed_s: float = 0.0) -> None:
         """A new connection. `continuous`: its clock is the source's own (HLS, MPEG-TS), so what
         it replays is overlap; otherwise (RTSP, RTMP sessions restart near 0) its time continues

@@ -1,13 +1,15 @@
 """SourceReader on live streams published on 127.0.0.1: HLS over HTTP, MPEG-TS over UDP, RTSP
-from gst-rtsp-server. Every sampled frame's pts is the truth (the frame shows its number)."""
+from gst-rtsp-server, RTMP from ffmpeg. Every sampled frame's pts is the truth (the frame shows
+its number)."""
 
 import threading
+import time
 
 import pytest
 
 from indexer.media import Gap, ReaderOptions, SampledFrame, SourceReader, parse_source
 from tests.mediagen import read_frame_number
-from tests.streams import hls_live, rtsp_server, udp_mpegts
+from tests.streams import hls_live, rtmp_server, rtsp_server, udp_mpegts
 
 FPS = 25
 OPTIONS = dict(fps=2.0, read_timeout_s=2.0, open_timeout_s=10.0, give_up_after_s=2.0, reconnect_initial_s=0.2)
@@ -63,6 +65,40 @@ def test_rtsp_server(transport):
     assert info.live and info.codec == "h264"
     check_truth(frames)
     assert frames[0].pts_s < 1.0  # each RTSP session plays from the start
+
+
+def test_rtmp_from_an_ffmpeg_server():
+    with rtmp_server(duration_s=5, fps=FPS) as url:
+        info, frames, gaps = read_live(url)
+    assert info.live and info.codec == "h264"
+    check_truth(frames)
+    assert frames[0].pts_s < 1.0  # the server sends from frame 0 to its client
+    # the server closed the connection and exited: the end is a gap naming the refused
+    # reconnects, not an exception
+    assert len(gaps) == 1 and gaps[0].end_s is None and gaps[0].start_s >= frames[-1].pts_s
+    assert gaps[0].reason.startswith("gave up: cannot open") and "refused" in gaps[0].reason
+
+
+def test_stop_ends_a_live_source_that_is_down_and_retrying_forever():
+    # Ctrl-C / `ray job stop` while the publisher is gone: the reader must not wait for a
+    # reconnect that never comes (give_up_after_s=None) nor record a "gave up" gap
+    stop = threading.Event()
+    items = []
+    with rtmp_server(duration_s=3, fps=FPS) as url:
+        options = ReaderOptions(**(OPTIONS | {"give_up_after_s": None, "reconnect_max_s": 30.0}))
+        reader = SourceReader(parse_source(url), options, stop=stop)
+        reader.open()
+        thread = threading.Thread(target=lambda: items.extend(reader.samples()), daemon=True)
+        thread.start()
+        thread.join(6)  # the stream ends after 3 s; reconnects are refused from then on
+        assert thread.is_alive(), "a source that retries forever ended on its own"
+        stopped = time.monotonic()
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - stopped < 2.0
+    frames = [i for i in items if isinstance(i, SampledFrame)]
+    assert len(frames) >= 4 and not [i for i in items if isinstance(i, Gap)]
+    assert [f.index for f in frames] == list(range(len(frames)))
 
 
 def test_reconnect_records_a_gap_when_the_publisher_comes_back():

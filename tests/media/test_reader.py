@@ -1,5 +1,8 @@
 """SourceReader on real files made by ffmpeg: every sampled frame's pts is the truth (the frame
-shows its own number), for several codecs and containers, VFR, keyframe-only and resume."""
+shows its own number), for several codecs and containers, VFR, keyframe-only and resume, read
+from disk or over http(s) from a server on 127.0.0.1."""
+
+import re
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import pytest
 from indexer.media import Gap, ReaderOptions, SampledFrame, SourceError, SourceReader, parse_source
 from tests.mediagen import (make_audio_only, make_corrupt, make_non_video, make_truncated, make_unsupported_codec,
                          make_vfr_video, make_video, make_video_with_subtitles, make_zero_byte, read_frame_number)
+from tests.streams import http_files
 
 FPS = 25
 
@@ -105,6 +109,30 @@ def test_corrupt_middle_is_skipped_and_counted(tmp_path):
     numbers = [read_frame_number(f.image) for f in frames[:2]] + [read_frame_number(f.image) for f in frames[-2:]]
     assert numbers[0] == 0 and numbers[-1] > 10 * FPS  # decoding went on after the damage
     assert len(frames) < 12 or reader.decode_errors >= 0
+
+
+@pytest.mark.parametrize("name,tls", [("h264.mp4", False), ("h264.ts", False), ("h264.mp4", True)])
+def test_http_files_give_the_samples_of_the_local_file(tmp_path, name, tls):
+    # the MP4 has B-frames and its index at the end; the server answers no Range requests, so
+    # FFmpeg cannot seek and, for the MPEG-TS, does not know the duration
+    path = make_video(tmp_path / name, duration_s=6, fps=FPS, codec="libx264")
+    _, local, _ = read_all(path, fps=2.0)
+    with http_files(tmp_path, tls=tls) as base:
+        reader, remote, gaps = read_all(f"{base}/{name}", fps=2.0)
+    assert reader.source.protocol == "http" and not reader.info.live and not gaps
+    assert_true_times(remote, FPS, sample_fps=2.0)
+    assert [(f.index, f.pts_s, read_frame_number(f.image)) for f in remote] == \
+        [(f.index, f.pts_s, read_frame_number(f.image)) for f in local]
+    assert len(remote) == 12
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(remote, local, strict=True))
+
+
+def test_http_404_names_the_url(tmp_path):
+    with http_files(tmp_path) as base:
+        url = f"{base}/missing.mp4"
+        with pytest.raises(SourceError, match=re.escape(url)) as info:
+            read_all(url)
+    assert info.value.uri == url and "404" in info.value.reason
 
 
 def test_unsupported_scheme_is_named():
