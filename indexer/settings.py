@@ -72,16 +72,22 @@ class IngestSettings(BaseModel):
 
 
 class SearchSettings(BaseModel):
-    """FAISS search over the retrieval embeddings: exact while small, approximate when large."""
+    """FAISS search over the retrieval embeddings: exact while small, approximate when large.
+    Defaults measured at 1M x 512 on 2 CPU threads (docs/benchmarks.md, bench/query_bench.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    exact_max_vectors: int = Field(100_000, ge=0, description="below this many vectors search is exact")
-    nlist: int | None = Field(None, ge=1, description="IVF lists (None: 4*sqrt(n), at most 65536)")
-    pq_bytes: int = Field(64, ge=1, description="PQ code bytes per vector in the approximate index")
-    nprobe: int = Field(32, ge=1)
-    refine: int = Field(8, ge=1, description="candidates per wanted hit rescored with the exact vectors")
-    use_gpu: Literal["auto", "never"] = "auto"
+    # exact search costs ~0.08 ms per 1000 512-d vectors on one core: 20k keeps the exact part (the
+    # whole index, or the tail not yet in the approximate index) near 2 ms of the 5 ms p99 budget
+    exact_max_vectors: int = Field(20_000, ge=1000, description="exact search covers at most this many vectors "
+                                   "(at least 1000: fewer cannot train the approximate index)")
+    # sqrt(n), not 4*sqrt(n): at 1M, 1024 lists train in seconds on 2 cores, 4096 in minutes, and the
+    # rescoring, not the list count, sets the recall
+    nlist: int | None = Field(None, ge=1, description="IVF lists (None: sqrt(n) rounded to a power of two)")
+    pq_bytes: int = Field(128, ge=1, description="PQ code bytes per vector (4-bit fast-scan codes, 2 per byte)")
+    nprobe: int = Field(16, ge=1, description="IVF lists probed per query (more for a selective filter)")
+    refine: int = Field(16, ge=1, description="candidates per wanted hit rescored with the float16 embeddings")
+    use_gpu: Literal["auto", "never"] = Field("auto", description="exact part on the GPU when FAISS has one")
 
 
 class QuerySettings(BaseModel):

@@ -3,7 +3,8 @@
     index = IndexReader("runs/archive")
     index.timeline(stream_id="cam1")        # pyarrow Table, frames and gaps
     index.features([12, 13])                # float16 [2, 1+N, C], memory-mapped reads
-    index.vectors().search(query, 10)       # FAISS, ids = frame ids
+    index.vectors().search(query, 10)       # exact FAISS over every vector, ids = frame ids
+    FrameSearch(index).search(query, 10)    # (indexer.query.search) exact or approximate, with filters
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.features import feature_format, load_arrays
 from indexer.store.manifest import Manifest, Segment, read_manifest
@@ -61,11 +63,32 @@ class IndexReader:
         return out
 
     def vectors(self) -> faiss.Index:
+        """An exact FAISS index over every committed vector, in memory (4*E bytes a frame; frames in the
+        approximate index come back float16-rounded). For search, FrameSearch is the lean way."""
+        index = self.shard_vectors()
+        chunks = self.manifest.approximate.embeddings if self.manifest.approximate else []
+        for chunk in chunks:
+            rows = ann.map_npy(self.root / chunk.file)[1]  # [frames, E] float16
+            for lo in range(0, len(rows), ann.BLOCK_ROWS):
+                block = np.asarray(rows[lo:lo + ann.BLOCK_ROWS], dtype=np.float32)
+                first = chunk.first_frame_id + lo
+                index.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
+        return index
+
+    def shard_vectors(self) -> faiss.Index:
+        """Exact FAISS index (IDMap2 over FlatIP) of the vectors in shards: all of them while there is no
+        approximate index, else the tail committed after it."""
         return vec.read_shards([self.root / s.file for s in self.manifest.vectors], self.layout.embedding_dim)
+
+    def approximate(self) -> ann.ApproximateSearcher | None:
+        """The approximate index the writer built once the index grew large, or None."""
+        entry = self.manifest.approximate
+        return ann.ApproximateSearcher(self.root, entry) if entry is not None else None
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk per component."""
-        sizes = {"timeline": 0, "features": 0, "vectors": sum(s.bytes for s in self.manifest.vectors)}
+        approximate = self.manifest.approximate.total_bytes() if self.manifest.approximate else 0
+        sizes = {"timeline": 0, "features": 0, "vectors": sum(s.bytes for s in self.manifest.vectors) + approximate}
         for stream in self.manifest.streams.values():
             for seg in stream.segments:
                 for component, size in seg.bytes.items():

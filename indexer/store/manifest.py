@@ -68,6 +68,46 @@ class VectorShard(BaseModel):
     bytes: int
 
 
+class EmbeddingChunk(BaseModel):
+    """float16 retrieval embeddings of frames [first_frame_id, first_frame_id + frames): an .npy file
+    read memory-mapped to rescore the approximate index's candidates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    first_frame_id: int
+    frames: int
+    bytes: int
+
+
+class ApproximateIndex(BaseModel):
+    """The approximate (IVF + 4-bit PQ fast-scan) index over frame ids [0, frames); frames after it
+    (the tail) stay in exact vector shards until the writer adds them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generation: int                        # the commit that last wrote `file`
+    factory: str                           # faiss.index_factory string, e.g. "IVF1024,PQ256x4fs"
+    metric: str = "L2"                     # on unit vectors L2 ranks like inner product
+    nlist: int
+    pq_bytes: int                          # code bytes per vector
+    nprobe: int                            # the writer's search settings when it was built
+    refine: int
+    trained_frames: int                    # vectors indexed when it was trained (retrained after growth)
+    training_sample: int
+    frames: int                            # covers frame ids [0, frames)
+    file: str
+    bytes: int
+    embeddings: list[EmbeddingChunk] = Field(default_factory=list)
+    build_s: float = 0.0                   # seconds the last build or extension took
+
+    def files(self) -> set[str]:
+        return {self.file, *(chunk.file for chunk in self.embeddings)}
+
+    def total_bytes(self) -> int:
+        return self.bytes + sum(chunk.bytes for chunk in self.embeddings)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,11 +116,14 @@ class Manifest(BaseModel):
     next_frame_id: int = 0
     layout: Layout | None = None
     streams: dict[str, StreamEntry] = Field(default_factory=dict)
-    vectors: list[VectorShard] = Field(default_factory=list)
+    vectors: list[VectorShard] = Field(default_factory=list)   # exact shards: frames `approximate` lacks
+    approximate: ApproximateIndex | None = None
 
     def files(self) -> set[str]:
         """Every data file the manifest refers to (relative paths)."""
         names = {shard.file for shard in self.vectors}
+        if self.approximate is not None:
+            names |= self.approximate.files()
         for stream in self.streams.values():
             for segment in stream.segments:
                 names.add(segment.timeline)
@@ -102,5 +145,5 @@ def read_manifest(root: Path) -> Manifest | None:
     return manifest
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
+__all__ = ["FORMAT_VERSION", "MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
            "read_manifest"]

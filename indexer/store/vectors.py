@@ -39,9 +39,9 @@ def read_shards(paths: list[Path], dim: int) -> faiss.Index:
 
 def shard_contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings float32 [n, E], frame ids int64 [n]) of an IDMap2-over-Flat index."""
-    index = faiss.downcast_index(index)
-    vectors = faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
-    return vectors, faiss.vector_to_array(index.id_map).astype(np.int64)
+    idmap = faiss.downcast_index(index)  # a view: `index` must stay referenced, it owns the C++ object
+    vectors = faiss.downcast_index(idmap.index).reconstruct_n(0, idmap.ntotal)
+    return vectors, faiss.vector_to_array(idmap.id_map).astype(np.int64)
 
 
 __all__ = ["build_shard", "new_index", "read_shards", "shard_contents", "write_shard"]

@@ -5,6 +5,11 @@ batch sent twice is written once and a batch after a hole is refused (the sender
 the writer lost). `commit()` writes the buffered rows as new files, then atomically replaces
 manifest.json: a crash at any moment leaves the last commit readable and nothing half-written
 visible. On open, files that no manifest lists (a crashed commit's) are removed.
+
+Each commit's retrieval embeddings go into a small exact FAISS shard. When the shards hold more
+than `search.exact_max_vectors` vectors, the same commit moves them into the approximate index
+(indexer/store/ann.py: built the first time, then grown, retrained after 4-fold growth), so exact
+search never covers more than that many vectors.
 """
 
 from __future__ import annotations
@@ -16,14 +21,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap, SourceInfo
+from indexer.settings import SearchSettings
+from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.features import feature_format, save_arrays
 from indexer.store.files import TMP_SUFFIX, write_atomic_json
-from indexer.store.manifest import MANIFEST, Layout, Manifest, Segment, StreamEntry, VectorShard, read_manifest
+from indexer.store.manifest import (
+    MANIFEST,
+    ApproximateIndex,
+    Layout,
+    Manifest,
+    Segment,
+    StreamEntry,
+    VectorShard,
+    read_manifest,
+)
 from indexer.store.timeline import timeline_schema, timeline_table, write_timeline
 
 logger = logging.getLogger(__name__)
@@ -41,7 +58,7 @@ class AppendResult:
 
 class IndexWriter:
     def __init__(self, root: str | os.PathLike, layout: Layout, commit_interval_s: float = 5.0,
-                 max_vector_shards: int = 32):
+                 max_vector_shards: int = 32, search: SearchSettings | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.root)
@@ -57,6 +74,7 @@ class IndexWriter:
         self.schema = timeline_schema(self.layout.content_shape, self.layout.embedding_dim)
         self.commit_interval_s = commit_interval_s
         self.max_vector_shards = max_vector_shards
+        self.search = search or SearchSettings()
         self._frames: dict[str, list[EncodedBatch]] = {}
         self._gaps: dict[str, list[Gap]] = {}
         self._expected = {sid: entry.next_index for sid, entry in manifest.streams.items()}
@@ -126,7 +144,7 @@ class IndexWriter:
     def commit(self) -> int:
         """Make everything appended so far durable and visible; return the generation."""
         self._last_commit = time.monotonic()
-        if not self._dirty:
+        if not self._dirty and not self._needs_approximate(self.manifest):
             return self.manifest.generation
         manifest = self.manifest.model_copy(deep=True)
         generation = manifest.generation + 1
@@ -155,6 +173,8 @@ class IndexWriter:
             if len(manifest.vectors) > self.max_vector_shards:
                 obsolete = [shard.file for shard in manifest.vectors]
                 manifest.vectors = [self._merge_shards(generation, manifest.vectors)]
+        if self._needs_approximate(manifest):
+            obsolete += self._index_tail(generation, manifest)
         manifest.generation = generation
         write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
         self.manifest = manifest
@@ -196,6 +216,43 @@ class IndexWriter:
         size = vec.write_shard(self.root / path, index)
         return VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
 
+    def _needs_approximate(self, manifest: Manifest) -> bool:
+        """More vectors than exact search is allowed to cover are outside the approximate index."""
+        covered = manifest.approximate.frames if manifest.approximate else 0
+        return manifest.next_frame_id - covered > self.search.exact_max_vectors
+
+    def _index_tail(self, generation: int, manifest: Manifest) -> list[str]:
+        """Put the shards' vectors into the approximate index (a new one, or the trained one grown),
+        in this commit; return the files it makes obsolete. The shards are then empty: the index's
+        float16 embeddings replace them (the timeline keeps the float32 originals)."""
+        old = manifest.approximate
+        tail = self._shard_blocks(manifest.vectors)
+        s = self.search
+        if old is None or manifest.next_frame_id >= ann.RETRAIN_GROWTH * old.trained_frames:
+            blocks = (_chunk_blocks(self.root, old) if old else []) + tail
+            new = ann.build(self.root, generation, blocks, s.nlist, s.pq_bytes, s.nprobe, s.refine, seed=generation)
+        else:
+            new = ann.extend(self.root, generation, old, tail)
+        obsolete = [shard.file for shard in manifest.vectors]
+        if old is not None:
+            obsolete += sorted(old.files() - new.files())
+        manifest.vectors = []
+        manifest.approximate = new
+        return obsolete
+
+    def _shard_blocks(self, shards: list[VectorShard]) -> list[ann.VectorBlock]:
+        """Each shard's embeddings as a block of consecutive frame ids (a commit's ids are consecutive)."""
+        blocks = []
+        for shard in shards:
+            vectors, ids = vec.shard_contents(faiss.read_index(str(self.root / shard.file)))
+            order = np.argsort(ids)
+            vectors, ids = vectors[order], ids[order]  # [n, E], [n]
+            if len(ids) and not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+                raise ValueError(f"{self.root / shard.file}: frame ids are not consecutive")
+            if len(ids):
+                blocks.append(ann.VectorBlock(int(ids[0]), vectors))
+        return blocks
+
     def _empty_batch(self, stream_id: str) -> EncodedBatch:
         p, d = self.layout.content_shape
         t, c = self.layout.feature_shape
@@ -213,6 +270,11 @@ class IndexWriter:
                     logger.info("removing %s (not in the last commit)", path)
                     path.unlink()
         (self.root / (MANIFEST + TMP_SUFFIX)).unlink(missing_ok=True)
+
+
+def _chunk_blocks(root: Path, entry: ApproximateIndex) -> list[ann.VectorBlock]:
+    """The approximate index's float16 embeddings, memory-mapped, as blocks for a rebuild."""
+    return [ann.VectorBlock(c.first_frame_id, ann.map_npy(root / c.file)[1]) for c in entry.embeddings]
 
 
 def concat(batches: list[EncodedBatch]) -> EncodedBatch | None:
