@@ -24,7 +24,6 @@ from indexer.llamavid.conversation import get_template
 from indexer.llm.base import LLMBackend, make_backend
 from indexer.query.answer import Answer, Citation
 from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
-from indexer.query.frames import FrameTable
 from indexer.query.prompt import (PromptFrame, PromptSpan, Turn, conversation_prompt, span_header, time_label,
                                   video_text)
 from indexer.query.rerank import combine_scores, context_relevance
@@ -80,8 +79,8 @@ class QueryEngine:
         if not force and index.manifest.generation == self.index.manifest.generation:
             return False
         self.index = index
-        self.frames = FrameTable(index)
         self.search_index = FrameSearch(index, self.settings.search)
+        self.frames = self.search_index.catalog
         return True
 
     def close(self) -> None:
@@ -91,18 +90,17 @@ class QueryEngine:
     def streams(self) -> list[StreamEntry]:
         return list(self.index.manifest.streams.values())
 
+    def latest_frame(self, stream_id: str) -> tuple[int, float] | None:
+        """(frame id, pts) of a stream's last committed frame (a live stream's newest picture)."""
+        segments = [seg for seg in self.index.manifest.streams[stream_id].segments if seg.frames]
+        if not segments:
+            return None
+        frame_id = segments[-1].first_frame_id + segments[-1].frames - 1
+        return frame_id, float(self.frames.pts_s[frame_id])
+
     def thumbnail(self, frame_id: int) -> bytes:
         """The JPEG thumbnail stored with a frame."""
-        if not 0 <= frame_id < self.index.manifest.next_frame_id:
-            raise KeyError(f"no frame {frame_id} in {self.root}")
-        stream_id = self.frames.stream_of(frame_id)
-        import pyarrow.compute as pc
-
-        table = self.index.timeline(stream_id, columns=["frame_id", "thumbnail"])
-        row = table.filter(pc.equal(table["frame_id"], frame_id))
-        if not row.num_rows:
-            raise KeyError(f"no frame {frame_id} in {self.root}")
-        return row["thumbnail"][0].as_py()
+        return self.index.frame_row(frame_id, ["thumbnail"])["thumbnail"]
 
     # -- search -----------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: np.ndarray | None = None, k: int | None = None,
@@ -171,13 +169,13 @@ class QueryEngine:
         if where is not None:  # padding never reaches outside the asked-for time range
             start = start if where.start_s is None else max(start, where.start_s)
             end = end if where.end_s is None else min(end, where.end_s)
-        return self.frames.stream(span.stream_id).between(start, end)
+        return self.frames.between(span.stream_id, start, end)
 
     def _scope(self, where: SearchFilter | None) -> dict[str, np.ndarray]:
         """Every frame the question may see, per stream (the whole-video mode's frames)."""
         where = where or SearchFilter()
         streams = where.streams if where.streams is not None else tuple(self.frames.streams)
-        scope = {s: self.frames.stream(s).between(where.start_s, where.end_s) for s in streams}
+        scope = {s: self.frames.between(s, where.start_s, where.end_s) for s in streams}
         return {s: ids for s, ids in scope.items() if len(ids)}
 
     def _plan(self, question: str, history: list[Turn], scope: dict[str, np.ndarray], spans: list[Span],
@@ -187,10 +185,10 @@ class QueryEngine:
         count = self.model.tokenizer.encode
         fixed = len(count(conversation_prompt(video_text([], 1), question, history, q.conv_mode)))
         whole_ids = np.concatenate(list(scope.values())) if scope else np.zeros(0, np.int64)
-        subtitled = [self.frames.subtitle(i) for i in whole_ids] if q.subtitles else []
+        subtitled = [self.frames.subtitles.get(int(i)) for i in whole_ids] if q.subtitles else []
         subtitle_tokens = sum(len(count(s)) for s in subtitled if s)
         levels = sorted({self.model.config.content_tokens_per_frame, 1}, reverse=True)
-        last_s = max((self.frames.pts(int(ids[-1])) for ids in [*scope.values(), *span_ids]), default=0.0)
+        last_s = max((float(self.frames.pts_s[ids[-1]]) for ids in [*scope.values(), *span_ids]), default=0.0)
         label = len(count(time_label(last_s)))  # the longest label: the latest time
         header = max((len(count(span_header(s, last_s, last_s))) for s in {*scope, *(s.stream_id for s in spans)}),
                      default=0)
@@ -219,7 +217,7 @@ class QueryEngine:
             runs = [(spans[i].stream_id, span_ids[i][:: plan.frame_stride]) for i in order]
         out = []
         for stream_id, ids in runs:
-            frames = tuple(PromptFrame(int(i), self.frames.pts(i), self.frames.subtitle(i)) for i in ids)
+            frames = tuple(PromptFrame(int(i), float(self.frames.pts_s[i]), self.frames.subtitles.get(int(i))) for i in ids)
             out.append(PromptSpan(stream_id, frames[0].pts_s, frames[-1].pts_s, frames))
         return out
 
@@ -247,7 +245,7 @@ class QueryEngine:
             used = tuple(int(i) for i in ids if int(i) in sent)
             if not used:
                 continue
-            citations.append(Citation(span.stream_id, self.frames.pts(used[0]), self.frames.pts(used[-1]), used,
+            citations.append(Citation(span.stream_id, float(self.frames.pts_s[used[0]]), float(self.frames.pts_s[used[-1]]), used,
                                       span.hits[0], span.score))
         return citations
 

@@ -48,9 +48,9 @@ class Hit:
 
 
 class FrameCatalog:
-    """Which stream and media time each frame id has, and the frame ids a filter selects. Streams
-    come from the manifest (each segment is a run of consecutive frame ids), times from the
-    timeline's frame_id and pts_s columns, read once: 28 bytes a frame."""
+    """Which stream, media time and subtitle each frame id has, and the frame ids a filter or a
+    time range selects. Streams come from the manifest (each segment is a run of consecutive frame
+    ids), times and subtitles from the timeline, read once: 28 bytes a frame plus the subtitles."""
 
     def __init__(self, index: IndexReader):
         manifest = index.manifest
@@ -62,11 +62,13 @@ class FrameCatalog:
             for seg in manifest.streams[name].segments:
                 self.stream_code[seg.first_frame_id:seg.first_frame_id + seg.frames] = code
                 runs.setdefault(name, []).append(np.arange(seg.first_frame_id, seg.first_frame_id + seg.frames))
-        table = index.timeline(columns=["frame_id", "pts_s"])
+        table = index.timeline(columns=["frame_id", "pts_s", "subtitle"])
         table = table.filter(pc.is_valid(table["frame_id"]))    # gap rows have no frame id
         self.pts_s = np.full(self.size, np.nan)
         self.pts_s[table["frame_id"].to_numpy()] = table["pts_s"].to_numpy()
-        del table
+        with_text = table.filter(pc.is_valid(table["subtitle"]))
+        self.subtitles: dict[int, str] = dict(zip(with_text["frame_id"].to_pylist(), with_text["subtitle"].to_pylist()))
+        del table, with_text
         # per stream: frame ids in time order, so a time range is one slice found by bisection
         self._by_stream: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in self.streams:
@@ -82,15 +84,22 @@ class FrameCatalog:
         if where.streams is None and where.start_s is None and where.end_s is None:
             return None
         streams = self.streams if where.streams is None else where.streams  # () passes nothing
-        parts = [self._between(s, where.start_s, where.end_s) for s in streams]
+        parts = [self.between(s, where.start_s, where.end_s) for s in streams]
         ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return None if len(ids) == self.size else ids
 
-    def _between(self, stream_id: str, start_s: float | None, end_s: float | None) -> np.ndarray:
+    def between(self, stream_id: str, start_s: float | None, end_s: float | None) -> np.ndarray:
+        """A stream's frame ids with start_s <= pts <= end_s, in time order."""
+        if stream_id not in self._by_stream:
+            raise KeyError(f"unknown stream {stream_id!r}; streams: {self.streams}")
         ids, pts = self._by_stream[stream_id]
         lo = 0 if start_s is None else int(np.searchsorted(pts, start_s, "left"))
         hi = len(pts) if end_s is None else int(np.searchsorted(pts, end_s, "right"))
         return ids[lo:hi]
+
+
+    def stream_of(self, frame_id: int) -> str:
+        return self.streams[self.stream_code[frame_id]]
 
 
 class FrameSearch:

@@ -299,11 +299,7 @@ def _search_body_doc() -> dict[str, Any]:
 def _streams(engine: QueryEngine) -> list[StreamModel]:
     out = []
     for entry in engine.streams():
-        latest_id = latest_pts = None
-        frames = engine.frames.streams.get(entry.stream_id)
-        if frames is not None and len(frames.frame_ids):
-            newest = int(np.argmax(frames.frame_ids))  # the last committed, whatever its pts
-            latest_id, latest_pts = int(frames.frame_ids[newest]), float(frames.pts_s[newest])
+        latest_id, latest_pts = engine.latest_frame(entry.stream_id) or (None, None)
         out.append(StreamModel(
             stream_id=entry.stream_id, uri=entry.uri, protocol=entry.protocol, live=entry.live, fps=entry.fps,
             duration_s=entry.duration_s, watermark_s=entry.watermark_s, frames=entry.frames, gaps=entry.gaps,

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from indexer.store import ann
 from indexer.store import vectors as vec
@@ -51,16 +52,26 @@ class IndexReader:
     def features(self, frame_ids) -> np.ndarray:
         """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files."""
         fmt = feature_format(self.layout.feature_format)
-        ids = np.asarray(frame_ids, dtype=np.int64)
+        ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
         out = np.empty((len(ids), *self.layout.feature_shape), dtype=np.float16)
-        opened: dict[int, list[np.ndarray]] = {}  # each segment's files mapped once per call
-        for i, frame_id in enumerate(ids):
-            segment = self._segment_of(int(frame_id))
-            if segment.first_frame_id not in opened:
-                opened[segment.first_frame_id] = load_arrays([self.root / f for f in segment.features])
-            row = int(frame_id) - segment.first_frame_id
-            out[i] = fmt.decode([a[row:row + 1] for a in opened[segment.first_frame_id]])[0]
+        segment_index = np.searchsorted(self._starts, ids, side="right") - 1
+        for i in np.unique(segment_index):  # each segment's files mapped once, its rows read in one go
+            at = np.flatnonzero(segment_index == i)
+            segment = self._segment_of(int(ids[at].max()))
+            self._segment_of(int(ids[at].min()))  # both ends checked: every id in between is in the segment
+            if not segment.features:
+                raise ValueError(f"{self.root} keeps no patch features (feature format "
+                                 f"{self.layout.feature_format!r})")
+            rows = ids[at] - segment.first_frame_id
+            out[at] = fmt.decode([a[rows] for a in load_arrays([self.root / f for f in segment.features])])
         return out
+
+    def frame_row(self, frame_id: int, columns: list[str]) -> dict:
+        """One frame's timeline row (the given columns), read from the one file that holds it."""
+        segment = self._segment_of(int(frame_id))
+        table = pq.read_table(self.root / segment.timeline, columns=["frame_id", *columns],
+                              filters=[("frame_id", "==", int(frame_id))])
+        return table.to_pylist()[0]
 
     def vectors(self) -> faiss.Index:
         """An exact FAISS index over every committed vector, in memory (4*E bytes a frame; frames in the
@@ -99,10 +110,7 @@ class IndexReader:
         i = bisect.bisect_right(self._starts, frame_id) - 1
         if i < 0 or frame_id >= self._segments[i].first_frame_id + self._segments[i].frames:
             raise KeyError(f"frame id {frame_id} is not in {self.root} (ids 0..{self.manifest.next_frame_id - 1})")
-        segment = self._segments[i]
-        if not segment.features:
-            raise ValueError(f"{self.root} keeps no patch features (feature format {self.layout.feature_format!r})")
-        return segment
+        return self._segments[i]
 
 
 __all__ = ["IndexReader"]

@@ -88,7 +88,7 @@ def test_search_by_image_finds_the_planted_shot(engine, tiny_index):
     (lambda e: e.ask("q", k=10**6), ValueError, "max_k"),
     (lambda e: e.search(text="x", image=np.zeros((4, 4, 3), np.uint8)), ValueError, "exactly one"),
     (lambda e: e.search(image=np.zeros((4, 4), np.uint8)), ValueError, "uint8 RGB"),
-    (lambda e: e.thumbnail(10**6), KeyError, "no frame"),
+    (lambda e: e.thumbnail(10**6), KeyError, "frame id 1000000 is not in"),
 ])
 def test_bad_requests_name_the_problem(engine, call, error, message):
     with pytest.raises(error, match=message):

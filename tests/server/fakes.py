@@ -54,6 +54,11 @@ class FakeEngine:
         frames.frame_ids, frames.pts_s = np.append(frames.frame_ids, frame_id), np.append(frames.pts_s, pts_s)
         return frame_id
 
+    def latest_frame(self, stream_id: str) -> tuple[int, float] | None:
+        frames = self.frames.streams[stream_id]
+        newest = int(np.argmax(frames.frame_ids))
+        return int(frames.frame_ids[newest]), float(frames.pts_s[newest])
+
     def thumbnail(self, frame_id: int) -> bytes:
         if not any(frame_id in f.frame_ids for f in self.frames.streams.values()):
             raise KeyError(f"no frame {frame_id}")
