@@ -79,7 +79,7 @@ def test_an_exact_index_says_so_and_a_query_may_be_one_row(exact_index):
 
 @pytest.mark.parametrize("where", [SearchFilter(streams=("b",)), SearchFilter(start_s=10.0, end_s=20.0),
                                    SearchFilter(streams=("c", "a"), start_s=30.0, end_s=40.0),
-                                   SearchFilter(end_s=3.0)])
+                                   SearchFilter(end_s=3.0), SearchFilter(streams=("a",), end_s=2.0)])
 def test_filters_return_k_matching_frames_ranked_as_exact_search_ranks_them(any_index, where):
     root, embeddings = any_index
     index = IndexReader(root)
@@ -99,7 +99,7 @@ def test_filters_return_k_matching_frames_ranked_as_exact_search_ranks_them(any_
                    and (where.start_s is None or h.pts_s >= where.start_s)
                    and (where.end_s is None or h.pts_s <= where.end_s) for h in hits)
         best = exact_top(embeddings, passing, embeddings[outside], 10)
-        assert len({h.frame_id for h in hits} & set(best)) >= 9  # approximate: at most one swapped
+        assert len({h.frame_id for h in hits} & set(best)) >= len(best) - 1  # approximate: at most one swapped
 
 
 def test_a_filter_matching_nothing_and_an_empty_index_give_no_hits(exact_index, tmp_path):
