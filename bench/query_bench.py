@@ -5,6 +5,7 @@ search on the same vectors.
     python bench/query_bench.py                         # 1,000,000 x 512, clustered, 2 threads
     python bench/query_bench.py --frames 100000         # quick
     python bench/query_bench.py --data clustered uniform --sweep
+    python bench/query_bench.py --timeline-only         # query latency split, 3-hour timeline
 
 One figure per line: `<figure> <details>: <value> <unit>`. The embeddings are unit vectors:
 "clustered" imitates video frames (topics, scenes of consecutive similar frames, and text queries
@@ -307,7 +308,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes per latency figure; the best is printed")
     parser.add_argument("--sweep", action="store_true", help="also recall and latency at other nprobe / refine")
     parser.add_argument("--workdir", type=Path, help="where the temporary index goes (default: the system's)")
+    parser.add_argument("--timeline-hours", type=float, default=3.0,
+                        help="query latency split over a timeline this long, tiny models (0: skip)")
+    parser.add_argument("--timeline-only", action="store_true", help="skip the search figures")
     args = parser.parse_args()
+    if args.timeline_hours > 0:
+        from query_timeline import bench_timeline  # beside this file
+
+        bench_timeline(args.timeline_hours)
+    if args.timeline_only:
+        return
     overrides = {name: getattr(args, name) for name in ("nprobe", "refine") if getattr(args, name) is not None}
     settings = SearchSettings(**overrides)
     sweep = [(8, 8), (8, 16), (16, 8), (16, 32), (32, 16), (64, 16)] if args.sweep else []
