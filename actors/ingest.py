@@ -68,7 +68,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
                 .remote(config) for _ in range(settings.encoder.actors)]
     layout = ray.get(encoders[0].layout.remote())
-    writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards)
+    writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards,
+                                settings.search)
     ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
     _save_config(root, settings)
     readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer)

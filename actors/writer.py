@@ -7,13 +7,15 @@ import ray
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import SourceInfo
+from indexer.settings import SearchSettings
 from indexer.store import AppendResult, IndexWriter, Layout, StreamEntry
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
 class WriterActor:
-    def __init__(self, root: str, layout: Layout, commit_interval_s: float, max_vector_shards: int):
-        self.writer = IndexWriter(root, layout, commit_interval_s, max_vector_shards)
+    def __init__(self, root: str, layout: Layout, commit_interval_s: float, max_vector_shards: int,
+                 search: SearchSettings):
+        self.writer = IndexWriter(root, layout, commit_interval_s, max_vector_shards, search)
 
     def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> tuple[StreamEntry, int]:
         """The stream's committed entry and the sample index to resume at (what this writer holds)."""

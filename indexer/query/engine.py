@@ -217,7 +217,8 @@ class QueryEngine:
             runs = [(spans[i].stream_id, span_ids[i][:: plan.frame_stride]) for i in order]
         out = []
         for stream_id, ids in runs:
-            frames = tuple(PromptFrame(int(i), float(self.frames.pts_s[i]), self.frames.subtitles.get(int(i))) for i in ids)
+            frames = tuple(PromptFrame(int(i), float(self.frames.pts_s[i]), self.frames.subtitles.get(int(i)))
+                           for i in ids)
             out.append(PromptSpan(stream_id, frames[0].pts_s, frames[-1].pts_s, frames))
         return out
 
@@ -245,8 +246,8 @@ class QueryEngine:
             used = tuple(int(i) for i in ids if int(i) in sent)
             if not used:
                 continue
-            citations.append(Citation(span.stream_id, float(self.frames.pts_s[used[0]]), float(self.frames.pts_s[used[-1]]), used,
-                                      span.hits[0], span.score))
+            start_s, end_s = float(self.frames.pts_s[used[0]]), float(self.frames.pts_s[used[-1]])
+            citations.append(Citation(span.stream_id, start_s, end_s, used, span.hits[0], span.score))
         return citations
 
 
