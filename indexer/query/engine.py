@@ -81,6 +81,7 @@ class QueryEngine:
         self.index = index
         self.search_index = FrameSearch(index, self.settings.search)
         self.frames = self.search_index.catalog
+        self._subtitle_tokens: dict[int, int] = {}  # frame id -> its subtitle's LLM tokens, counted once
         return True
 
     def close(self) -> None:
@@ -185,8 +186,8 @@ class QueryEngine:
         count = self.model.tokenizer.encode
         fixed = len(count(conversation_prompt(video_text([], 1), question, history, q.conv_mode)))
         whole_ids = np.concatenate(list(scope.values())) if scope else np.zeros(0, np.int64)
-        subtitled = [self.frames.subtitles.get(int(i)) for i in whole_ids] if q.subtitles else []
-        subtitle_tokens = sum(len(count(s)) for s in subtitled if s)
+        subtitle_tokens = sum(self._subtitle_cost(int(i)) for i in whole_ids if int(i) in self.frames.subtitles) \
+            if q.subtitles else 0
         levels = sorted({self.model.config.content_tokens_per_frame, 1}, reverse=True)
         last_s = max((float(self.frames.pts_s[ids[-1]]) for ids in [*scope.values(), *span_ids]), default=0.0)
         label = len(count(time_label(last_s)))  # the longest label: the latest time
@@ -206,6 +207,11 @@ class QueryEngine:
                 return plan, prompt_spans, ids
             shrink += over
         raise ValueError(f"cannot fit the prompt into {context_length} tokens (over by {over})")
+
+    def _subtitle_cost(self, frame_id: int) -> int:
+        if frame_id not in self._subtitle_tokens:
+            self._subtitle_tokens[frame_id] = len(self.model.tokenizer.encode(self.frames.subtitles[frame_id]))
+        return self._subtitle_tokens[frame_id]
 
     def _prompt_spans(self, plan: TokenPlan, scope: dict[str, np.ndarray], spans: list[Span],
                       span_ids: list[np.ndarray]) -> list[PromptSpan]:
