@@ -147,7 +147,7 @@ class QueryEngine:
         timings["llm_first_token"] = generation.first_token_s
         timings["llm_total"] = generation.total_s
 
-        citations = self._citations(plan, spans, span_ids, prompt_spans)
+        citations = self._citations(spans, span_ids, prompt_spans)
         answer_history = history + [Turn(question, generation.text)]
         return Answer(question, generation.text, citations, plan.mode, plan.frames, 1 + plan.content_tokens,
                       int(ids.shape[0]), timings, answer_history)
@@ -244,7 +244,7 @@ class QueryEngine:
                 out.append(torch.cat([context, content], dim=1))
         return torch.cat(out)
 
-    def _citations(self, plan: TokenPlan, spans: list[Span], span_ids: list[np.ndarray],
+    def _citations(self, spans: list[Span], span_ids: list[np.ndarray],
                    prompt_spans: list[PromptSpan]) -> list[Citation]:
         sent = {f.frame_id for s in prompt_spans for f in s.frames}
         citations = []

@@ -13,13 +13,16 @@ class Span:
     stream_id: str
     start_s: float            # media time, padded
     end_s: float
-    score: float              # the best hit's score
+    score: float              # its best hit's retrieval score
     hits: tuple[int, ...]     # frame ids of the hits inside it, best first
+    rank: int                 # its best hit's place in the ranking the spans came from
 
 
 def merge_hits(hits: list[Hit], gap_s: float, pad_s: float, max_spans: int) -> list[Span]:
     """Join hits of one stream whose times are at most `gap_s` apart, pad each span by `pad_s`,
-    and keep the `max_spans` best (by their best hit). Best span first."""
+    and keep the `max_spans` best. `hits` come best first (search order, or a rerank's); a span
+    ranks as its best hit. Best span first."""
+    rank = {hit.frame_id: i for i, hit in enumerate(hits)}
     by_stream: dict[str, list[Hit]] = {}
     for hit in hits:
         by_stream.setdefault(hit.stream_id, []).append(hit)
@@ -31,17 +34,17 @@ def merge_hits(hits: list[Hit], gap_s: float, pad_s: float, max_spans: int) -> l
             if hit.pts_s - group[-1].pts_s <= gap_s:
                 group.append(hit)
             else:
-                spans.append(_span(stream_id, group, pad_s))
+                spans.append(_span(stream_id, group, pad_s, rank))
                 group = [hit]
-        spans.append(_span(stream_id, group, pad_s))
-    spans.sort(key=lambda s: -s.score)
+        spans.append(_span(stream_id, group, pad_s, rank))
+    spans.sort(key=lambda s: s.rank)
     return _join_overlaps(spans[:max_spans])
 
 
-def _span(stream_id: str, group: list[Hit], pad_s: float) -> Span:
-    best_first = sorted(group, key=lambda h: -h.score)
+def _span(stream_id: str, group: list[Hit], pad_s: float, rank: dict[int, int]) -> Span:
+    best_first = sorted(group, key=lambda h: rank[h.frame_id])
     return Span(stream_id, max(0.0, group[0].pts_s - pad_s), group[-1].pts_s + pad_s, best_first[0].score,
-                tuple(h.frame_id for h in best_first))
+                tuple(h.frame_id for h in best_first), rank[best_first[0].frame_id])
 
 
 def _join_overlaps(spans: list[Span]) -> list[Span]:
@@ -50,12 +53,12 @@ def _join_overlaps(spans: list[Span]) -> list[Span]:
     for span in sorted(spans, key=lambda s: (s.stream_id, s.start_s)):
         last = out[-1] if out else None
         if last and last.stream_id == span.stream_id and span.start_s <= last.end_s:
-            best_first = last.hits + span.hits if last.score >= span.score else span.hits + last.hits
-            out[-1] = Span(last.stream_id, last.start_s, max(last.end_s, span.end_s), max(last.score, span.score),
-                           best_first)
+            first, second = (last, span) if last.rank <= span.rank else (span, last)
+            out[-1] = Span(last.stream_id, last.start_s, max(last.end_s, span.end_s), first.score,
+                           first.hits + second.hits, first.rank)
         else:
             out.append(span)
-    return sorted(out, key=lambda s: -s.score)
+    return sorted(out, key=lambda s: s.rank)
 
 
 __all__ = ["Span", "merge_hits"]
