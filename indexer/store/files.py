@@ -12,11 +12,13 @@ from typing import BinaryIO
 TMP_SUFFIX = ".tmp"
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> int:
-    """Write `path` atomically with `write(file)`; return its size in bytes."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o666) -> int:
+    """Write `path` atomically with `write(file)`; return its size in bytes. `mode` (less the
+    umask) is set when the file is created: 0o600 keeps secrets private from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # a leftover temporary would keep its old mode
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
