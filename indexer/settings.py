@@ -122,6 +122,41 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(120.0, gt=0)
 
 
+class WebhookSettings(BaseModel):
+    """How alerts are POSTed to the standing queries' webhooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(5.0, gt=0, description="per request")
+    max_attempts: int = Field(8, ge=1, description="then the delivery is dead-lettered")
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+
+
+class MonitorSettings(BaseModel):
+    """Standing queries over newly committed frames (vidx monitor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    evaluator: str = Field("model", description="'model' (retrieval prefilter + LLaMA-VID verification) or "
+                           "'package.module:factory' returning a ConditionEvaluator")
+    poll_interval_s: float = Field(0.25, gt=0, description="how often new commits are looked for")
+    window_frames: int = Field(4, ge=1, description="frames in the window LLaMA-VID verifies")
+    merge_gap_s: float = Field(2.0, ge=0, description="an event ends after this long without a positive frame")
+    # CLIP-family cosine between a frame and a condition: unrelated pairs score about 0.15, clear
+    # matches 0.30+; sensitivity s puts the prefilter threshold at high - s * (high - low)
+    score_range: tuple[float, float] = Field((0.15, 0.35), description="(low, high) prefilter threshold range")
+    pre_roll_s: float = Field(3.0, ge=0, description="clip starts this long before the event")
+    post_roll_s: float = Field(3.0, ge=0, description="clip ends this long after it")
+    clip_wait_s: float = Field(15.0, ge=0, description="how long to wait for the ring to cover the post-roll")
+    ring_s: float = Field(120.0, ge=0, description="seconds of recent video a live source keeps on disk for clips "
+                          "(0: no clips from live sources)")
+    ring_segment_s: float = Field(2.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0, description="index commits while monitoring (alert latency)")
+    webhooks: WebhookSettings = WebhookSettings()
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +169,7 @@ class Settings(BaseModel):
     search: SearchSettings = SearchSettings()
     query: QuerySettings = QuerySettings()
     llm: LLMSettings = LLMSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -148,5 +184,5 @@ def load_settings(path: str | Path) -> Settings:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings",
-           "QuerySettings", "SearchSettings", "Settings", "load_settings"]
+__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
+           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings"]

@@ -1,0 +1,170 @@
+"""Standing queries: what to watch for, on which streams, and where alerts go. They live in
+`<index>/monitor/queries.json` (mode 0600: it holds webhook secrets) and may be changed while a
+monitor runs; the monitor re-reads the file when it changes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from indexer.store.files import write_atomic
+
+MONITOR_DIR = "monitor"
+QUERIES_FILE = "queries.json"
+RULES = ("black", "frozen", "signal_lost")   # model-free conditions
+QUERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Webhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    secret: str = Field(default_factory=lambda: secrets.token_hex(16), min_length=8, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http(s)://..., got {url!r}")
+        return url
+
+
+class StandingQuery(BaseModel):
+    """A condition that stays asked. `kind` "condition" is a natural-language condition checked by
+    the retrieval prefilter and LLaMA-VID; "black", "frozen" and "signal_lost" need no model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Literal["condition", "black", "frozen", "signal_lost"] = "condition"
+    condition: str | None = None
+    streams: list[str] = Field(default_factory=list, description="empty: every stream")
+    sensitivity: float = Field(0.5, ge=0, le=1, description="higher: more frames pass the prefilter")
+    cooldown_s: float = Field(60.0, ge=0, description="no new alert this long after the last one ended")
+    min_duration_s: float = Field(0.0, ge=0, description="an event shorter than this raises no alert")
+    webhooks: list[Webhook] = Field(default_factory=list)
+    paused: bool = False
+    created: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not QUERY_ID.match(value):
+            raise ValueError(f"query id {value!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _condition_matches_kind(self) -> StandingQuery:
+        if self.kind == "condition" and not (self.condition and self.condition.strip()):
+            raise ValueError("a condition query needs the condition text")
+        if self.kind != "condition" and self.condition:
+            raise ValueError(f"a {self.kind} rule takes no condition text")
+        return self
+
+    def watches(self, stream_id: str) -> bool:
+        return not self.streams or stream_id in self.streams
+
+    def describe(self) -> str:
+        return self.condition if self.kind == "condition" else self.kind.replace("_", " ")
+
+    def public(self) -> dict:
+        """As shown by `vidx watch list` and the HTTP API: webhook secrets left out."""
+        data = self.model_dump(mode="json")
+        data["webhooks"] = [{"url": w.url} for w in self.webhooks]
+        return data
+
+
+class QueryStore:
+    """Read-modify-write of queries.json under an flock, so `vidx watch` and the HTTP API can
+    change it while a monitor reads it."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.dir = self.root / MONITOR_DIR
+        self.path = self.dir / QUERIES_FILE
+
+    def load(self) -> list[StandingQuery]:
+        if not self.path.exists():
+            return []
+        try:
+            raw = json.loads(self.path.read_text())
+            return [StandingQuery.model_validate(q) for q in raw["queries"]]
+        except (OSError, ValueError, KeyError, ValidationError) as exc:
+            raise ValueError(f"{self.path}: not a readable standing-query file: {exc}") from exc
+
+    def version(self) -> tuple[int, int] | None:
+        """Changes whenever the file is rewritten (a cheap check before `load`)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_ino
+
+    def get(self, query_id: str) -> StandingQuery:
+        for query in self.load():
+            if query.id == query_id:
+                return query
+        raise KeyError(f"no standing query {query_id!r} in {self.root}")
+
+    def add(self, query: StandingQuery) -> StandingQuery:
+        with self._locked() as queries:
+            if any(q.id == query.id for q in queries):
+                raise ValueError(f"a standing query {query.id!r} already exists in {self.root}")
+            queries.append(query)
+        return query
+
+    def set_paused(self, query_id: str, paused: bool) -> StandingQuery:
+        with self._locked() as queries:
+            query = _find(queries, query_id, self.root)
+            query.paused = paused
+        return query
+
+    def remove(self, query_id: str) -> StandingQuery:
+        with self._locked() as queries:
+            query = _find(queries, query_id, self.root)
+            queries.remove(query)
+        return query
+
+    def new_id(self, prefix: str = "q") -> str:
+        taken = {q.id for q in self.load()}
+        n = 1
+        while f"{prefix}{n}" in taken:
+            n += 1
+        return f"{prefix}{n}"
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[StandingQuery]]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "queries.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            queries = self.load()
+            yield queries
+            data = json.dumps({"queries": [q.model_dump(mode="json") for q in queries]}, indent=1).encode()
+            write_atomic(self.path, lambda f: f.write(data), mode=0o600)
+
+
+def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQuery:
+    for query in queries:
+        if query.id == query_id:
+            return query
+    raise KeyError(f"no standing query {query_id!r} in {root}; have: {sorted(q.id for q in queries) or 'none'}")
+
+
+__all__ = ["MONITOR_DIR", "RULES", "QueryStore", "StandingQuery", "Webhook"]

@@ -1,0 +1,56 @@
+"""`monitor/state.json`: what the monitor has evaluated and raised. A monitor commit writes the
+new alert rows first and then replaces this file: it is the one place that says which alert files
+count, how far each stream was evaluated, and every open event, so a restart resumes exactly here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from indexer.monitor.events import TrackerState
+from indexer.store.files import write_atomic_json
+
+STATE_FILE = "state.json"
+
+
+class StreamCursor(BaseModel):
+    generation: int = -1       # index commits up to this one are evaluated
+    next_index: int = 0        # first sample index not evaluated
+
+
+class PendingClose(BaseModel):
+    """An event has ended; its closing row waits for the clip (the ring must cover the post-roll)."""
+
+    alert_id: str
+    stream_id: str
+    end_s: float
+    wall_end: float | None
+    deadline: float            # unix time: cut what the ring has by then
+
+
+class MonitorState(BaseModel):
+    generation: int = 0
+    streams: dict[str, StreamCursor] = Field(default_factory=dict)
+    trackers: dict[str, TrackerState] = Field(default_factory=dict)   # "<query id>/<stream id>"
+    alert_files: list[tuple[int, str]] = Field(default_factory=list)   # (generation, path under monitor/)
+    submitted_through: int = 0   # webhooks of alert files up to this generation are in the outbox
+    pending: list[PendingClose] = Field(default_factory=list)
+
+
+def read_state(root: Path) -> MonitorState:
+    path = root / "monitor" / STATE_FILE
+    if not path.exists():
+        return MonitorState()
+    try:
+        return MonitorState.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ValueError(f"{path}: not a readable monitor state: {exc}") from exc
+
+
+def write_state(root: Path, state: MonitorState) -> None:
+    write_atomic_json(root / "monitor" / STATE_FILE, state.model_dump(mode="json"))
+
+
+__all__ = ["STATE_FILE", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]
