@@ -96,17 +96,17 @@ class EventTracker:
             if state.open is not None:
                 event = state.open
                 if positive[i]:
-                    event.last = here
-                    if scores[i] > event.best_score:
-                        event.best, event.best_score = here, float(scores[i])
                     event.since_verified += 1
                     if verify is not None and event.since_verified >= self.window_frames:
                         event.since_verified = 0
-                        verdict = verify(i)
-                        if not verdict.positive:  # the verifier no longer sees it: the event ended before this frame
-                            out.append(self._close(frames, i))
+                        if not verify(i).positive:  # the verifier no longer sees it: it ended before this frame
+                            out.append(self._close())
+                            continue
+                    event.last = here
+                    if scores[i] > event.best_score:
+                        event.best, event.best_score = here, float(scores[i])
                 elif here.pts_s - event.last.pts_s >= self.merge_gap_s:
-                    out.append(self._close(frames, i))
+                    out.append(self._close())
                 continue
             if not positive[i] or (state.quiet_until_s is not None and here.pts_s < state.quiet_until_s):
                 state.run = None
@@ -131,9 +131,9 @@ class EventTracker:
 
     def finish(self) -> list[Closed]:
         """The stream ended: an open event ends at its last frame."""
-        return [self._close(None, None)] if self.state.open is not None else []
+        return [self._close()] if self.state.open is not None else []
 
-    def _close(self, frames: Frames | None, i: int | None) -> Closed:
+    def _close(self) -> Closed:
         event = self.state.open
         end = event.last.pts_s + self.interval_s
         wall_end = event.last.wall_time + self.interval_s if event.last.wall_time is not None else None
