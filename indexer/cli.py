@@ -101,6 +101,106 @@ def _add_export_llm(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_cmd_export_llm)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+
+    root = Path(args.index).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such index folder (vidx ingest or vidx monitor creates it)")
+    store = QueryStore(root)
+    if args.action == "add":
+        kind = args.rule.replace("-", "_") if args.rule else "condition"
+        if (kind == "condition") == (args.condition is None):
+            raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
+        secret = {"secret": args.secret} if args.secret else {}
+        query = StandingQuery(
+            id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=args.stream or [],
+            sensitivity=args.sensitivity, cooldown_s=args.cooldown,
+            min_duration_s=args.min_duration if args.min_duration is not None else RULE_MIN_DURATION_S.get(kind, 0.0),
+            webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
+        store.add(query)
+        print(f"added {query.id}: {query.describe()}")
+        for hook in query.webhooks:  # shown once: the receiver needs it to check signatures
+            print(f"  webhook {hook.url} secret {hook.secret}")
+        return 0
+    if args.action == "list":
+        queries = store.load()
+        if args.json:
+            print(json.dumps([q.public() for q in queries], indent=2))
+        for q in [] if args.json else queries:
+            streams = ",".join(q.streams) or "all streams"
+            hooks = " ".join(w.url for w in q.webhooks) or "no webhooks"
+            print(f"{q.id}{' (paused)' if q.paused else ''}: {q.describe()} [{streams}] sensitivity {q.sensitivity} "
+                  f"cooldown {q.cooldown_s:g} s min {q.min_duration_s:g} s -> {hooks}")
+        if not queries and not args.json:
+            print(f"no standing queries in {root}")
+        return 0
+    if args.action in ("pause", "resume"):
+        query = store.set_paused(args.query_id, args.action == "pause")
+        print(f"{query.id} {'paused' if query.paused else 'resumed'}")
+        return 0
+    if args.action == "rm":
+        print(f"removed {store.remove(args.query_id).id}")
+        return 0
+    from actors.monitor import alert_line
+    from indexer.monitor.alerts import AlertLog
+
+    alerts = AlertLog(root).alerts(stream_id=args.stream, query_id=args.query, limit=args.limit)
+    if args.json:
+        print(json.dumps([{**a.to_json(), "thumbnail": None} for a in alerts], indent=2))
+    else:
+        print("\n".join(alert_line(a) for a in alerts) or f"no alerts in {root}")
+    return 0
+
+
+# a single black or frozen frame is a cut or a still shot, not an outage
+RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
+
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
+    watch = sub.add_parser("watch", help="standing queries of an index: add, list, pause, resume, rm; and its alerts",
+                           description="Standing queries live in INDEX/monitor/queries.json; a running vidx monitor "
+                                       "picks up changes within a poll.")
+    actions = watch.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="a natural-language condition, or a model-free --rule")
+    add.add_argument("index")
+    add.add_argument("condition", nargs="?", help='e.g. "a person climbs the fence"')
+    add.add_argument("--rule", choices=["black", "frozen", "signal-lost"], help="a model-free condition instead")
+    add.add_argument("--id", help="query id (default: q1, q2, ...)")
+    add.add_argument("--stream", action="append", help="watch only this stream (repeat; default: every stream)")
+    add.add_argument("--sensitivity", type=float, default=0.5, help="0..1, higher fires more easily (default 0.5)")
+    add.add_argument("--cooldown", type=float, default=60.0, help="seconds of quiet after an alert (default 60)")
+    add.add_argument("--min-duration", type=float,
+                     help="seconds an event must last (default: 2 for black, 3 for frozen, else 0)")
+    add.add_argument("--webhook", action="append", help="POST alerts to this URL (repeat for several)")
+    add.add_argument("--secret", help="HMAC secret for the webhooks (default: a random one, printed once)")
+    for name in ("list", "pause", "resume", "rm"):
+        action = actions.add_parser(name, help={"list": "the standing queries", "pause": "stop evaluating a query",
+                                                "resume": "evaluate a paused query again",
+                                                "rm": "remove a query"}[name])
+        action.add_argument("index")
+        if name == "list":
+            action.add_argument("--json", action="store_true")
+        else:
+            action.add_argument("query_id")
+    alerts = actions.add_parser("alerts", help="the alerts raised, newest first")
+    alerts.add_argument("index")
+    alerts.add_argument("--stream")
+    alerts.add_argument("--query")
+    alerts.add_argument("--limit", type=int, default=50)
+    alerts.add_argument("--json", action="store_true")
+    watch.set_defaults(func=_cmd_watch)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from actors.monitor import monitor_from_args
+
+    return monitor_from_args(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -134,7 +234,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             model = LlamaVid.from_pretrained(model_dir)
         t = np.linspace(0, 1, args.frames)[:, None, None, None]
         ys, xs = np.mgrid[0:180, 0:320]
-        frames = ((np.stack([xs / 320, ys / 180, np.zeros_like(xs)], -1)[None] * 200 + t * 55)).astype(np.uint8)
+        frames = (np.stack([xs / 320, ys / 180, np.zeros_like(xs)], -1)[None] * 200 + t * 55).astype(np.uint8)
         features = model.encode_frames(model.preprocess(frames))
         tokens = model.frame_tokens(features[:, 1:], args.question)
         print(f"model: {model_dir}")
@@ -169,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     tiny.set_defaults(func=_cmd_tiny)
 
-    from actors.ingest import add_ingest_arguments
+    from actors.arguments import add_ingest_arguments, add_monitor_arguments
 
     ingest = sub.add_parser("ingest", help="index sources (files, URLs, live streams) into an index root on Ray")
     add_ingest_arguments(ingest)
@@ -187,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=_cmd_ask)
 
     _add_export_llm(sub)
+    _add_watch(sub)
+
+    monitor = sub.add_parser("monitor", help="ingest sources with the index's standing queries running; prints "
+                                             "alerts as they fire")
+    add_monitor_arguments(monitor)
+    monitor.set_defaults(func=_cmd_monitor)
 
     serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
                                          "click to play)")

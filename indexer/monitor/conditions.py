@@ -50,8 +50,8 @@ def verification_question(condition: str) -> str:
 
 
 def is_yes(answer: str) -> bool:
-    words = answer.strip().lower().lstrip("\"'*").split(maxsplit=1)
-    return bool(words) and words[0].strip(".,!:;") == "yes"
+    words = answer.strip().lower().split(maxsplit=1)
+    return bool(words) and words[0].strip(".,!:;\"'*") == "yes"
 
 
 class ModelEvaluator:
