@@ -137,12 +137,13 @@ def black_scores(frames: Frames) -> np.ndarray:
 
 def frozen_scores(frames: Frames, previous: np.ndarray | None) -> np.ndarray:
     """Mean absolute luma change from the frame before (the first frame compares with `previous`,
-    the last image of the batch before; inf when there is none)."""
+    the last image of the batch before; inf when there is none, and for a black frame)."""
     out = np.full(len(frames), np.inf, np.float32)
     before = previous
     for i in range(len(frames)):
         current = luma(frames.image(i))
-        if before is not None and before.shape == current.shape:
+        black = np.percentile(current, 99) <= black_threshold(0.5)   # the black rule's event, not a freeze
+        if before is not None and before.shape == current.shape and not black:
             out[i] = float(np.abs(current - before).mean())
         before = current
     return out
