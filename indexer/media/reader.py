@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -24,6 +25,9 @@ import numpy as np
 from indexer.media.sampling import MediaClock, PtsSampler, Sample, grid_time
 from indexer.media.source import ReaderOptions, Source, SourceError, open_arguments
 from indexer.media.subtitles import SubtitleTrack
+
+if TYPE_CHECKING:  # ring.py needs indexer.store, whose package imports this module
+    from indexer.media.ring import SegmentRing
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +81,23 @@ class SourceReader:
 
     `stop`, set from another thread (Ctrl-C, `ray job stop`), ends `samples()` at the next
     packet or reconnect attempt: no padding to the end, no "gave up" gap; what a live source had
-    sampled is yielded, a file is read again from the resume point."""
+    sampled is yielded, a file is read again from the resume point.
+
+    `ring` (live sources only) keeps the recent packets on disk for alert clips."""
 
     def __init__(self, source: Source, options: ReaderOptions, start_index: int = 0,
-                 resume_time_s: float | None = None, stop: threading.Event | None = None):
+                 resume_time_s: float | None = None, stop: threading.Event | None = None,
+                 ring: SegmentRing | None = None):
         self.source = source
         self.options = options
         self.start_index = start_index
         self.resume_time_s = resume_time_s
         self.stop = stop if stop is not None else threading.Event()
+        self.ring = ring
         self.info: SourceInfo | None = None
         self.decode_errors = 0
         self._container: av.container.InputContainer | None = None
+        self._ring: SegmentRing | None = None  # `ring` once the source turned out live
 
     # -- opening ---------------------------------------------------------------------------------
     def open(self) -> SourceInfo:
@@ -103,6 +112,9 @@ class SourceReader:
             container = self._open_container()
             stream = container.streams.video[0]  # the old stream object died with its container
         self._container = container
+        self._ring = self.ring if live else None  # an archived file can be cut from itself
+        if self._ring is not None:
+            self._ring.start(stream)
         rate = stream.average_rate or stream.guessed_rate
         self.info = SourceInfo(self.source.uri, self.source.stream_id, live, duration, stream.codec_context.name,
                                stream.codec_context.width, stream.codec_context.height,
@@ -182,6 +194,8 @@ class SourceReader:
                         if t is None:
                             continue  # a live source replaying what was already sampled
                         wall = time.time() if info.live else None
+                        if self._ring is not None:
+                            self._ring.frame_time(t_raw, t, wall)
                         if jump is not None and last_t is not None:
                             sampler.restart_at(t)
                             yield from self._release(pending, subtitles, None)
@@ -217,6 +231,8 @@ class SourceReader:
             backoff = min(backoff * 2, self.options.reconnect_max_s)
             try:
                 self._container = self._open_container()
+                if self._ring is not None:
+                    self._ring.start(self._container.streams.video[0])
                 clock.reconnected(continuous=self.source.protocol in ("hls", "udp"),
                                   elapsed_s=time.time() - last_wall if last_wall else 0.0)
                 sampler.drop_held()
@@ -227,7 +243,7 @@ class SourceReader:
         if self.stop.is_set():
             if info.live:  # a live source cannot be read again: keep what was sampled
                 yield from self._release(pending, subtitles, None)
-            self._close()
+            self.close()
             return
         end = None if info.live else info.duration_s
         if not end and last_t is not None:
@@ -237,7 +253,7 @@ class SourceReader:
         yield from self._release(pending, subtitles, None)
         if info.live and down_since is not None and last_t is not None:
             yield Gap(last_t, None, f"gave up: {down_reason}", last_wall, None, sampler.next_index)
-        self._close()
+        self.close()
 
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame]]:
         """(raw seconds, frame) of the video stream; subtitle packets go to `subtitles`. A damaged
@@ -261,6 +277,8 @@ class SourceReader:
             if packet.stream.type == "subtitle":
                 subtitles.add_packet(packet, start)
                 continue
+            if self._ring is not None:
+                self._ring.packet(packet)
             if self.info.keyframes_only and not packet.is_keyframe and packet.size:
                 continue  # the decoder would drop it anyway (skip_frame); spare the call
             try:
@@ -316,6 +334,8 @@ class SourceReader:
 
     def close(self) -> None:
         self._close()
+        if self._ring is not None:
+            self._ring.close()
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -340,4 +360,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["Gap", "MEDIA_ERRORS", "SampledFrame", "SourceInfo", "SourceReader", "scaled_size"]
+__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "scaled_size"]
