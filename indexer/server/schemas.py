@@ -116,5 +116,105 @@ class ErrorModel(BaseModel):
     detail: str
 
 
-__all__ = ["AnswerModel", "AskRequest", "CitationModel", "ErrorModel", "Filters", "HitModel", "SearchFields",
-           "SearchRequest", "SearchResponse", "StreamModel", "StreamsResponse", "TurnModel"]
+# -- monitoring -------------------------------------------------------------------------------------
+QueryKind = Literal["condition", "black", "frozen", "signal_lost"]
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="where alerts are POSTed (http:// or https://)")
+    secret: str | None = Field(None, description="the HMAC-SHA256 key of the X-Vidx-Signature header (default: a "
+                                                 "random one, in the reply)")
+
+
+class WatchRequest(BaseModel):
+    """A new standing query. Left out (null): the standing query's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="letters, digits, '.', '_', '-' (default: q1, q2, ...)")
+    kind: QueryKind = Field("condition", description="condition: a question in words, checked by the models; "
+                                                     "black, frozen, signal_lost: rules that need no model")
+    condition: str | None = Field(None, description="what to watch for, in words (kind condition only)")
+    streams: list[str] | None = Field(None, description="stream ids, also ones not indexed yet (default: every "
+                                                        "stream)")
+    sensitivity: float | None = Field(None, description="0 to 1: higher lets more frames reach the verifier")
+    cooldown_s: float | None = Field(None, description="no new alert this long after the last one ended")
+    min_duration_s: float | None = Field(None, description="an event shorter than this raises no alert")
+    webhooks: list[WebhookRequest] | None = None
+
+
+class WatchPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paused: bool
+
+
+class WebhookModel(BaseModel):
+    url: str
+
+
+class WatchModel(BaseModel):
+    """A standing query as the API shows it: webhook secrets left out."""
+
+    id: str
+    kind: QueryKind
+    condition: str | None
+    streams: list[str] = Field(description="empty: every stream")
+    sensitivity: float
+    cooldown_s: float
+    min_duration_s: float
+    webhooks: list[WebhookModel]
+    paused: bool
+    created: float = Field(description="unix time")
+
+
+class WatchListResponse(BaseModel):
+    queries: list[WatchModel]
+
+
+class WebhookSecretModel(WebhookModel):
+    secret: str = Field(description="verify each delivery with it; it is never shown again")
+
+
+class CreatedWatchModel(WatchModel):
+    """The reply to creating a standing query: the one time its webhook secrets are shown."""
+
+    webhooks: list[WebhookSecretModel]
+
+
+class AlertModel(BaseModel):
+    """The latest state of an alert (its opening row, or its closing row once the event ended)."""
+
+    alert_id: str
+    query_id: str
+    kind: QueryKind
+    condition: str = Field(description="the condition text, or the rule's name")
+    stream_id: str
+    status: Literal["open", "closed"]
+    start_s: float = Field(description="media time the event started")
+    end_s: float | None = Field(description="media time it ended (null while open)")
+    wall_start: float | None = Field(description="unix time it started (live sources)")
+    wall_end: float | None
+    frame_id: int | None = Field(description="the frame that shows it best")
+    score: float | None
+    answer: str = Field(description="the verifier's answer, or what the rule measured")
+    clip_start_s: float | None
+    clip_end_s: float | None
+    clip_covered: bool | None = Field(description="the clip spans the whole event and its pre/post roll")
+    raised_at: float = Field(description="unix time this state was committed")
+    thumbnail_url: str | None = Field(description="its JPEG (null: none, e.g. a lost signal)")
+    clip_url: str | None = Field(description="its MP4 clip, seekable (null: no clip yet, or none could be cut)")
+
+
+class AlertsResponse(BaseModel):
+    generation: int = Field(description="the monitor commit these alerts are as of: GET /api/alerts/stream?after= "
+                                        "it sends what came later")
+    alerts: list[AlertModel]
+
+
+__all__ = ["AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
+           "Filters", "HitModel", "QueryKind", "SearchFields", "SearchRequest", "SearchResponse", "StreamModel",
+           "StreamsResponse", "TurnModel", "WatchListResponse", "WatchModel", "WatchPatch", "WatchRequest",
+           "WebhookModel", "WebhookRequest", "WebhookSecretModel"]

@@ -1,18 +1,24 @@
 """A stand-in for `QueryEngine` (no models): the calls the server makes, with a gate to hold a
-question mid-way and a live stream whose latest frame can be moved on."""
+question mid-way and a live stream whose latest frame can be moved on; and alerts committed the
+way the monitor commits them (alert rows, then the state.json that lists them)."""
 
 from __future__ import annotations
 
 import io
 import threading
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
+from indexer.monitor.alerts import Alert, write_alerts
+from indexer.monitor.state import read_state, write_state
 from indexer.query.answer import Answer, Citation
 from indexer.query.prompt import Turn
 from indexer.store.manifest import StreamEntry
+from tests.mediagen import make_video
 
 
 def entry(stream_id: str, uri: str, protocol: str, live: bool = False) -> StreamEntry:
@@ -26,10 +32,14 @@ def jpeg(value: int) -> bytes:
 
 
 class FakeEngine:
-    """The QueryEngine calls the server makes; `release` cleared holds questions mid-way."""
+    """The QueryEngine calls the server makes; `release` cleared holds questions mid-way.
 
-    def __init__(self, entries: list[StreamEntry]):
+    root: the index root the monitor routes read (default: one that does not exist: no standing
+    queries, no alerts)."""
+
+    def __init__(self, entries: list[StreamEntry], root: Path | None = None):
         self.entries = entries
+        self.root = root if root is not None else Path("/nonexistent/fake-index")
         self.frames = SimpleNamespace(streams={  # two frames a stream, at 0 s and 1 s
             e.stream_id: SimpleNamespace(frame_ids=np.array([2 * i, 2 * i + 1]), pts_s=np.array([0.0, 1.0]))
             for i, e in enumerate(entries)})
@@ -79,3 +89,36 @@ class FakeEngine:
 
     def search(self, text=None, image=None, k=None, where=None):
         return []
+
+
+# -- monitor commits ------------------------------------------------------------------------------
+PICTURE = jpeg(200)
+
+
+def alert(alert_id: str, status: str = "open", *, stream_id: str = "cam", query_id: str = "van", clip: str | None = None,
+          wall_start: float = 1000.0, thumbnail: bytes | None = PICTURE) -> Alert:
+    """A row of alert `alert_id` ("a red van" on `stream_id`, media time 10-14 s once closed)."""
+    closed = status == "closed"
+    return Alert(alert_id=alert_id, query_id=query_id, kind="condition", condition="a red van", stream_id=stream_id,
+                 status=status, start_s=10.0, end_s=14.0 if closed else None, wall_start=wall_start,
+                 wall_end=wall_start + 4 if closed else None, frame_id=7, score=0.9, answer="Yes, a red van.",
+                 thumbnail=thumbnail, clip=clip, clip_start_s=5.0 if clip else None,
+                 clip_end_s=19.0 if clip else None, clip_covered=True if clip else None, raised_at=time.time())
+
+
+def commit(root: Path, rows: list[Alert]) -> int:
+    """A monitor commit, the monitor's way: the alert rows, then state.json that lists them."""
+    state = read_state(root)
+    generation = state.generation + 1
+    state.alert_files.append((generation, write_alerts(root / "monitor", generation, rows)))
+    state.generation = generation
+    write_state(root, state)
+    return generation
+
+
+def clip_file(root: Path, name: str) -> str:
+    """A real 2 s H.264 MP4 in monitor/clips/; its path relative to the root (as alert rows hold it)."""
+    path = root / "monitor" / "clips" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_video(path, duration_s=2.0, fps=10, size=(160, 120))
+    return path.relative_to(root).as_posix()

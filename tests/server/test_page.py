@@ -3,15 +3,18 @@ driven by selenium against a real uvicorn server over the tiny index."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from indexer.monitor.queries import QueryStore
 from indexer.query.engine import QueryEngine
 from indexer.server import create_app
-from tests.server.fakes import FakeEngine, entry
+from tests.server.fakes import FakeEngine, alert, clip_file, commit, entry
 from tests.server.live import running_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,6 +41,17 @@ def chrome():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+@contextlib.contextmanager
+def serving(app, driver) -> Iterator[str]:
+    """`running_server`, and the page left before the server stops: its alert feed is a response
+    that never ends, which the server would wait for."""
+    with running_server(app) as url:
+        try:
+            yield url
+        finally:
+            driver.get("about:blank")
+
+
 @pytest.mark.timeout(240)
 def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, tmp_path):
     from selenium.webdriver.common.by import By
@@ -46,7 +60,7 @@ def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, t
     driver = chrome()
     engine = QueryEngine.open(tiny_index.root)
     try:
-        with running_server(create_app(engine)) as url:
+        with serving(create_app(engine), driver) as url:
             driver.get(url + "/")
             wait = WebDriverWait(driver, WAIT_S)
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stream-choices input"))  # streams polled
@@ -86,7 +100,7 @@ def test_live_streams_show_their_latest_frame_as_it_moves_on(tmp_path):
     engine = FakeEngine([entry("cam", "rtsp://127.0.0.1:8554/cam", "rtsp", live=True)])
     driver = chrome()
     try:
-        with running_server(create_app(engine, refresh_interval_s=0)) as url:
+        with serving(create_app(engine, refresh_interval_s=0), driver) as url:
             driver.get(url + "/")
             wait = WebDriverWait(driver, WAIT_S)
             latest = "li[data-stream='cam'] img.latest"
@@ -97,5 +111,71 @@ def test_live_streams_show_their_latest_frame_as_it_moves_on(tmp_path):
             wait.until(lambda d: (d.execute_script(shown, latest) or [None])[0] == str(new))
             assert driver.execute_script(shown, latest) == [str(new), "latest frame of cam, at 0:02"]
             assert "live" in driver.find_element(By.CSS_SELECTOR, "li[data-stream='cam']").text
+    finally:
+        driver.quit()
+
+
+@pytest.mark.timeout(120)
+def test_monitor_adds_a_query_shows_alerts_as_they_are_committed_and_plays_their_clip(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root = tmp_path / "index"
+    engine = FakeEngine([entry("cam", "rtsp://127.0.0.1:8554/cam", "rtsp", live=True)], root=root)
+    token = "page-token-0123456789abcdef"
+    driver = chrome()
+    try:
+        with serving(create_app(engine, token=token, refresh_interval_s=0), driver) as url:
+            driver.get(f"{url}/?token={token}")  # the page keeps it; EventSource must send it as ?token=
+            wait = WebDriverWait(driver, WAIT_S)
+            tile = "const i = document.querySelector('#live-tiles li[data-stream=\"cam\"] img');" \
+                   "return i && i.complete && i.naturalWidth > 0 ? i.dataset.frame : null;"
+            assert wait.until(lambda d: d.execute_script(tile)) == "1"
+            new = engine.add_frame("cam", 2.0)
+            wait.until(lambda d: d.execute_script(tile) == str(new))  # the tile follows the live stream
+
+            # a standing query from the form; pause it
+            driver.find_element(By.ID, "watch-condition").send_keys("a red van at the gate")
+            driver.find_element(By.ID, "watch-streams").send_keys("cam")
+            driver.find_element(By.ID, "watch-webhook").send_keys("https://hooks.example/van")
+            driver.find_element(By.ID, "watch-add").click()
+            query = "const q = document.querySelector(\"li[data-query='q1']\"); return q && [q.className, q.textContent];"
+            listed = wait.until(lambda d: d.execute_script(query))  # the list is redrawn: no element kept
+            secret = QueryStore(root).get("q1").webhooks[0].secret
+            assert listed[0] == "query" and "a red van at the gate" in listed[1] and "cam" in listed[1]
+            assert secret in driver.find_element(By.ID, "watch-status").text  # shown once, to copy
+            driver.find_element(By.CSS_SELECTOR, "li[data-query='q1'] button.toggle").click()
+            assert wait.until(lambda d: (d.execute_script(query) or [""])[0] == "query paused")
+            assert QueryStore(root).get("q1").paused
+
+            # alerts committed after the page loaded arrive by the feed, newest on top
+            wait.until(lambda d: d.find_element(By.ID, "feed-status").text.startswith("Live"))
+            assert not driver.find_elements(By.CSS_SELECTOR, "#alerts li")
+            commit(root, [alert("a1", "open", query_id="q1")])
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alerts li[data-alert='a1'][data-status='open']"))
+            commit(root, [alert("a1", "closed", query_id="q1", clip=clip_file(root, "a1.mp4")),
+                          alert("b2", "open", query_id="q1", wall_start=2000.0, thumbnail=None)])
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alerts li[data-alert='a1'][data-status='closed']"))
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alerts li[data-alert='b2']"))
+            assert [li.get_attribute("data-alert") for li in driver.find_elements(By.CSS_SELECTOR, "#alerts li")] \
+                == ["b2", "a1"]
+            card = driver.find_element(By.CSS_SELECTOR, "#alerts li[data-alert='a1'] button")
+            assert "CLOSED" in card.text.upper() and "a red van" in card.text and "Yes, a red van." in card.text
+            wait.until(lambda d: d.execute_script(
+                "const i = document.querySelector('#alerts li[data-alert=\"a1\"] img');"
+                "return i.complete && i.naturalWidth > 0;"))
+
+            card.click()
+            video = driver.find_element(By.ID, "alert-player")
+            assert video.get_attribute("src") == f"{url}/api/alerts/a1/clip?token={token}"
+            state = wait.until(lambda d: d.execute_script(
+                "const v = document.getElementById('alert-player');"
+                "return v.error ? {error: v.error.code} : v.readyState >= 1 ? {duration: v.duration} : null;"))
+            driver.save_screenshot(str(tmp_path / "monitor.png"))
+            assert "error" not in state, f"the browser could not play the clip (MediaError {state})"
+            assert abs(state["duration"] - 2.0) < 0.2
+
+            driver.find_element(By.CSS_SELECTOR, "#alerts li[data-alert='b2'] button").click()
+            assert "still open" in driver.find_element(By.ID, "alert-caption").text
     finally:
         driver.quit()

@@ -1,14 +1,18 @@
 // The web page of `vidx serve`: ask, see the cited moments on each stream's timeline, click a
-// thumbnail to play the source there, and watch live streams' latest frames. No build step.
+// thumbnail to play the source there, watch live streams' latest frames, follow the alerts of the
+// standing queries as they are raised and play their clips. No build step.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const POLL_MS = 3000;
+const POLL_MS = 2000;
+const MAX_ALERTS = 200;  // shown in the feed; older ones drop off the end
 
 const state = {
   token: "",
   streams: new Map(),   // stream_id -> the /api/streams entry
   history: [],          // [{question, answer}] of this conversation
+  alerts: new Map(),    // alert_id -> its latest state (GET /api/alerts, then the feed)
+  feed: null,           // the EventSource on api/alerts/stream
 };
 
 // -- the token: from ?token=... once (then out of the address bar), kept for this tab -----------
@@ -25,12 +29,11 @@ function withToken(url) {
   return state.token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(state.token)}` : url;
 }
 
-async function api(path, body) {
+async function api(path, body, method = body === undefined ? "GET" : "POST") {
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
-  const options = { headers };
+  const options = { headers, method };
   if (body !== undefined) {
-    options.method = "POST";
     headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
@@ -72,6 +75,7 @@ async function pollStreams() {
     const { streams } = await api("api/streams");
     state.streams = new Map(streams.map((s) => [s.stream_id, s]));
     renderStreams(streams);
+    renderLiveTiles(streams);
   } catch (error) {
     say(`Streams: ${error.message}`);
   }
@@ -119,6 +123,181 @@ function renderStreams(streams) {
       }
     }
   }
+}
+
+// -- monitor: live tiles, the alert feed, standing queries -------------------------------------------
+function renderLiveTiles(streams) {
+  const tiles = $("#live-tiles");
+  const live = streams.filter((s) => s.live);
+  const ids = new Set(live.map((s) => s.stream_id));
+  for (const tile of tiles.querySelectorAll("li.tile")) if (!ids.has(tile.dataset.stream)) tile.remove();
+  $("#no-live").hidden = live.length > 0;
+  for (const s of live) {
+    let tile = tiles.querySelector(`li[data-stream="${CSS.escape(s.stream_id)}"]`);
+    if (!tile) {
+      tile = el("li", { className: "tile" }, el("img", { className: "frame", alt: "" }), el("span"));
+      tile.dataset.stream = s.stream_id;
+      tiles.append(tile);
+    }
+    const status = s.error ? `failed: ${s.error}` : s.complete ? "ended" : "live";
+    const img = tile.querySelector("img");
+    if (s.latest_frame_id !== null && img.dataset.frame !== String(s.latest_frame_id)) {
+      img.dataset.frame = s.latest_frame_id;
+      img.src = thumbnailUrl(s.latest_frame_id);
+      img.alt = `${s.stream_id}, at ${clock(s.latest_pts_s)}`;
+    }
+    tile.querySelector("span").textContent = `${s.stream_id} · ${status}`
+      + (s.latest_pts_s !== null ? ` · ${clock(s.latest_pts_s)}` : " · no frame yet");
+  }
+}
+
+async function startAlerts() {
+  if (state.feed) state.feed.close();
+  state.feed = null;
+  try {
+    const { generation, alerts } = await api("api/alerts?limit=50");
+    for (const alert of alerts.reverse()) showAlert(alert);  // oldest first: the newest ends on top
+    openFeed(generation);
+  } catch (error) {
+    $("#feed-status").textContent = `Alerts: ${error.message}`;
+  }
+}
+
+function openFeed(after) {
+  // EventSource sends no headers: the token goes as ?token=. After the list's generation, so no
+  // alert falls between the two; on a reconnect the browser sends Last-Event-ID, which wins.
+  const feed = new EventSource(withToken(`api/alerts/stream?after=${after}`));
+  state.feed = feed;
+  const onAlert = (event) => showAlert(JSON.parse(event.data));
+  feed.addEventListener("alert.opened", onAlert);
+  feed.addEventListener("alert.closed", onAlert);
+  feed.addEventListener("open", () => {
+    $("#feed-status").textContent = "Live: new alerts appear here as they are raised.";
+  });
+  feed.addEventListener("error", () => {
+    $("#feed-status").textContent = feed.readyState === EventSource.CLOSED
+      ? "The alert feed stopped (check the token, then reload the page)." : "Reconnecting to the alert feed…";
+  });
+}
+
+function alertSpan(alert) {
+  const span = `${clock(alert.start_s)}–${alert.end_s === null ? "now" : clock(alert.end_s)}`;
+  const wall = alert.wall_start ? ` · ${new Date(alert.wall_start * 1000).toLocaleString()}` : "";
+  return `${span}${wall}`;
+}
+
+function showAlert(alert) {
+  state.alerts.set(alert.alert_id, alert);
+  const list = $("#alerts");
+  const old = list.querySelector(`li[data-alert="${CSS.escape(alert.alert_id)}"]`);
+  const label = `${alert.stream_id} ${alertSpan(alert)}`;
+  const picture = alert.thumbnail_url
+    // ?v=: the closing row may show another frame under the same URL
+    ? el("img", { src: withToken(`${alert.thumbnail_url}?v=${alert.raised_at}`), alt: `${alert.condition} on ${label}` })
+    : el("span", { className: "no-picture", textContent: "no picture" });
+  const button = el("button", { type: "button", className: "alert",
+                                title: alert.clip_url ? `Play the clip of ${label}` : `${label} (no clip yet)` },
+    picture,
+    el("span", { className: "alert-text" },
+      el("span", { className: `badge ${alert.status}`, textContent: alert.status }), " ",
+      el("strong", { textContent: alert.stream_id }), ` · ${alertSpan(alert)}`, el("br"),
+      el("span", { className: "condition", textContent: alert.condition }), el("br"),
+      el("span", { className: "meta", textContent: alert.answer })));
+  button.addEventListener("click", () => playClip(alert.alert_id));
+  const item = el("li", {}, button);
+  item.dataset.alert = alert.alert_id;
+  item.dataset.status = alert.status;
+  if (old) old.replaceWith(item);  // a closing row: same place, its clip now there
+  else list.prepend(item);
+  while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
+  $("#no-alerts").hidden = true;
+}
+
+function playClip(alertId) {
+  const alert = state.alerts.get(alertId);
+  const video = $("#alert-player");
+  $("#alert-clip").hidden = false;
+  if (!alert.clip_url) {
+    video.removeAttribute("src");
+    video.load();
+    $("#alert-caption").textContent = alert.status === "open"
+      ? "This alert is still open: its clip is cut when the event ends." : "No clip could be cut for this alert.";
+    return;
+  }
+  $("#alert-caption").textContent = `${alert.condition} · ${alert.stream_id} `
+    + `${clock(alert.clip_start_s)}–${clock(alert.clip_end_s)}`
+    + (alert.clip_covered === false ? " (the recording did not cover all of it)" : "");
+  video.dataset.alert = alertId;
+  video.src = withToken(alert.clip_url);
+  video.play().catch(() => {});  // a browser may refuse autoplay; the controls still work
+  video.scrollIntoView({ block: "nearest" });
+}
+
+async function loadQueries() {
+  try {
+    const { queries } = await api("api/watch");
+    renderQueries(queries);
+  } catch (error) {
+    $("#watch-status").textContent = `Standing queries: ${error.message}`;
+  }
+}
+
+function renderQueries(queries) {
+  $("#no-queries").hidden = queries.length > 0;
+  $("#watch-list").replaceChildren(...queries.map((q) => {
+    const what = q.kind === "condition" ? `“${q.condition}”` : q.kind.replace("_", " ");
+    const where = q.streams.length ? q.streams.join(", ") : "every stream";
+    const hooks = q.webhooks.length ? ` · ${q.webhooks.length} webhook${q.webhooks.length > 1 ? "s" : ""}` : "";
+    const path = `api/watch/${encodeURIComponent(q.id)}`;
+    const toggle = el("button", { type: "button", className: "toggle", textContent: q.paused ? "Resume" : "Pause" });
+    toggle.addEventListener("click", () => changeQuery(path, { paused: !q.paused }, "PATCH"));
+    const remove = el("button", { type: "button", className: "remove", textContent: "Remove" });
+    remove.addEventListener("click", () => changeQuery(path, undefined, "DELETE"));
+    const item = el("li", { className: q.paused ? "query paused" : "query" }, el("strong", { textContent: q.id }),
+      ` ${what} · ${where}${hooks}${q.paused ? " · paused" : ""} `, toggle, " ", remove);
+    item.dataset.query = q.id;
+    return item;
+  }));
+}
+
+async function changeQuery(path, body, method) {
+  try {
+    await api(path, body, method);
+    $("#watch-status").textContent = "";
+  } catch (error) {
+    $("#watch-status").textContent = `Could not change it: ${error.message}`;
+  }
+  loadQueries();
+}
+
+async function addQuery(event) {
+  event.preventDefault();
+  const kind = $("#watch-kind").value;
+  const body = { kind };
+  if (kind === "condition") body.condition = $("#watch-condition").value.trim();
+  const streams = $("#watch-streams").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (streams.length) body.streams = streams;
+  if ($("#watch-cooldown").value !== "") body.cooldown_s = Number($("#watch-cooldown").value);
+  if ($("#watch-webhook").value.trim()) body.webhooks = [{ url: $("#watch-webhook").value.trim() }];
+  const status = $("#watch-status");
+  try {
+    const query = await api("api/watch", body);
+    $("#watch-form").reset();
+    syncWatchForm();
+    status.replaceChildren(`Added ${query.id}.`);
+    for (const hook of query.webhooks) {  // the only time the server shows it
+      status.append(" Webhook secret for ", hook.url, " (shown only now): ", el("code", { textContent: hook.secret }));
+    }
+  } catch (error) {
+    status.textContent = `Could not add it: ${error.message}`;
+  }
+  loadQueries();
+}
+
+function syncWatchForm() {
+  const condition = $("#watch-kind").value === "condition";
+  $("#watch-condition").disabled = !condition;
+  $("#watch-condition").required = condition;
 }
 
 // -- asking ----------------------------------------------------------------------------------------
@@ -238,5 +417,20 @@ $("#token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem("vidx-token", state.token);
   $("#auth").hidden = true;
   say("Token set.");
+  startAlerts();
+  loadQueries();
 });
+// leaving the page: end the feed (else a page kept in the back/forward cache holds its connection open)
+window.addEventListener("pagehide", () => {
+  if (state.feed) state.feed.close();
+  state.feed = null;
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) startAlerts();  // back from that cache: pick up what was missed
+});
+$("#watch-form").addEventListener("submit", addQuery);
+$("#watch-kind").addEventListener("change", syncWatchForm);
+syncWatchForm();
 pollStreams();
+startAlerts();
+loadQueries();
