@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from actors.arguments import add_ingest_arguments
 from actors.encoder import EncoderActor
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
@@ -72,7 +73,7 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                                 settings.search)
     ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
     _save_config(root, settings)
-    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer)
+    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer, str(root))
                for s in parsed]
     runs = {reader.run.remote(): reader for reader in readers}
     summary = IngestSummary(str(root))
@@ -204,16 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m actors.ingest", description=__doc__.splitlines()[0])
     add_ingest_arguments(parser)
     return parser
-
-
-def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="path or URL (file, http(s), HLS .m3u8, rtsp, rtmp, udp, srt); NAME=URI names the stream")
-    parser.add_argument("--index", required=True, help="index root folder (created if missing; resumed if present)")
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML settings (default: %(default)s)")
-    parser.add_argument("--fps", type=float, help="samples per second (overrides reader.fps)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def ingest_from_args(args: argparse.Namespace) -> int:

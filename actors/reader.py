@@ -18,7 +18,9 @@ import ray
 
 from indexer.batches import FrameBatch
 from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
+from indexer.media.ring import SegmentRing
 from indexer.media.source import Source, SourceError
+from indexer.monitor.monitor import ring_dir
 from indexer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,9 +58,10 @@ class _Sent:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2)
 class ReaderActor:
-    def __init__(self, source: Source, settings: dict, encoders: list, writer):
+    def __init__(self, source: Source, settings: dict, encoders: list, writer, root: str):
         self.source = source
         self.settings = Settings.model_validate(settings)
+        self.root = root
         self.encoders = encoders
         self.writer = writer
         self._stop = threading.Event()
@@ -75,7 +78,7 @@ class ReaderActor:
     def run(self) -> StreamSummary:
         options = self.settings.reader
         summary = StreamSummary(self.source.stream_id, self.source.uri)
-        reader = SourceReader(self.source, options, stop=self._stop)
+        reader = self._reader()
         try:
             info = reader.open()
         except SourceError as exc:
@@ -102,7 +105,7 @@ class ReaderActor:
                 self._inflight.clear()
                 self._retained.clear()
                 start_index = rewind.index
-                reader = SourceReader(self.source, options, stop=self._stop)
+                reader = self._reader()
                 info = reader.open()
             except SourceError as exc:
                 summary.error = str(exc)
@@ -117,6 +120,14 @@ class ReaderActor:
         summary.stopped = self._stop.is_set()
         reader.close()
         return summary
+
+    def _reader(self) -> SourceReader:
+        """A live source keeps its recent segments on disk for alert clips (monitor.ring_s)."""
+        ring = None
+        if self.source.maybe_live and self.settings.monitor.ring_s > 0:
+            ring = SegmentRing(ring_dir(self.root, self.source.stream_id), keep_s=self.settings.monitor.ring_s,
+                               segment_s=self.settings.monitor.ring_segment_s)
+        return SourceReader(self.source, self.settings.reader, stop=self._stop, ring=ring)
 
     # -- sending ---------------------------------------------------------------------------------
     def _pump(self, reader: SourceReader, info: SourceInfo, cursor: int, summary: StreamSummary) -> None:

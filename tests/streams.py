@@ -201,8 +201,12 @@ def _tcp_accepts(port: int) -> bool:
         return False
 
 
-def _source(tmp: Path, name: str, duration_s: float, fps: int, size: tuple[int, int], gop: int) -> tuple[Path, int]:
-    """H.264 without B-frames in MPEG-TS, pts ``n / fps`` from 0, keyframe every ``gop``."""
+def _source(tmp: Path, name: str, duration_s: float, fps: int, size: tuple[int, int], gop: int,
+            given: Path | None = None) -> tuple[Path, int]:
+    """H.264 without B-frames in MPEG-TS, pts ``n / fps`` from 0, keyframe every ``gop``: the
+    pattern video, or ``given`` (made the same way with other pictures, e.g. planted events)."""
+    if given is not None:
+        return given, round(duration_s * fps)
     path = make_video(tmp / name, duration_s=duration_s, fps=fps, size=size, codec="libx264", gop=gop)
     return path, round(duration_s * fps)
 
@@ -271,6 +275,7 @@ def hls_live(
     list_size: int = 6,
     ready_segments: int = 2,
     ready_timeout_s: float = 60.0,
+    source: Path | None = None,
 ) -> Iterator[tuple[LiveUrl, LiveInfo]]:
     """A live HLS stream: yields ``(url, info)``, url ``http://127.0.0.1:PORT/live.m3u8``.
 
@@ -283,7 +288,7 @@ def hls_live(
     segments before its end, so the first frame read is a segment start, not frame 0.
     """
     with _workspace("hls-") as (tmp, procs):
-        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps * hls_time)
+        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps * hls_time, given=source)
         www = tmp / "www"
         www.mkdir()
         url = f"{_serve_http(procs, www, ready_timeout_s)}/live.m3u8"
@@ -316,6 +321,7 @@ def udp_mpegts(
     size: tuple[int, int] = (320, 240),
     *,
     start_delay_s: float = 1.0,
+    source: Path | None = None,
 ) -> Iterator[LiveUrl]:
     """MPEG-TS (H.264, keyframe every second) sent by ffmpeg ``-re`` to ``udp://127.0.0.1:PORT``.
 
@@ -332,7 +338,7 @@ def udp_mpegts(
     Time: ``pts_s == n / fps`` (offset 0).
     """
     with _workspace("udp-") as (tmp, procs):
-        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps)
+        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps, given=source)
         port = _free_port(socket.SOCK_DGRAM)
         url = f"udp://127.0.0.1:{port}"
         cmd = _ffmpeg_publish(src, "-f", "mpegts", f"{url}?pkt_size=1316")
@@ -349,6 +355,7 @@ def rtsp_server(
     *,
     shared: bool = False,
     ready_timeout_s: float = 30.0,
+    source: Path | None = None,
 ) -> Iterator[LiveUrl]:
     """An RTSP server (GStreamer gst-rtsp-server) at ``rtsp://127.0.0.1:PORT/stream``.
 
@@ -367,7 +374,7 @@ def rtsp_server(
     if not Path(SYSTEM_PYTHON).exists():
         raise FileNotFoundError(f"{SYSTEM_PYTHON} not found (the RTSP server needs python3-gi)")
     with _workspace("rtsp-") as (tmp, procs):
-        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps)
+        src, count = _source(tmp, "src.ts", duration_s, fps, size, gop=fps, given=source)
         cmd = [SYSTEM_PYTHON, str(RTSP_SCRIPT), str(src), "--port", "0"] + (["--shared"] if shared else [])
         started = time.monotonic()
         procs.start("rtsp", cmd)

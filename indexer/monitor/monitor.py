@@ -80,6 +80,8 @@ class Monitor:
         self._queries: list[StandingQuery] = []
         self._queries_version = None
         self._recent: dict[str, Frames] = {}
+        # natural-language conditions: frames evaluated, frames past the prefilter, windows verified
+        self.stats = {"frames": 0, "candidates": 0, "verifications": 0}
         self.state = read_state(self.root)
         self._remove_uncommitted()
         hooks = settings.monitor.webhooks
@@ -174,9 +176,12 @@ class Monitor:
                 evaluator = self.evaluator
                 scores = np.asarray(evaluator.scores(query.condition, frames), np.float32)
                 positive = scores >= evaluator.threshold(query.sensitivity)
+                self.stats["frames"] += len(frames)
+                self.stats["candidates"] += int(positive.sum())
 
-                def verify(i: int, condition: str = query.condition) -> conditions.Verdict:
+                def verify(i: int, condition: str = query.condition, evaluator=evaluator) -> conditions.Verdict:
                     end = offset + i + 1
+                    self.stats["verifications"] += 1
                     return evaluator.verify(condition, context[max(0, end - window):end])
 
                 def describe(i: int) -> str:

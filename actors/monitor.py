@@ -1,0 +1,134 @@
+"""The monitor job: ingestion of live (or archived) sources with the index's standing queries
+evaluated on every commit, alerts printed as they fire.
+
+    python -m actors.monitor SOURCE... --index DIR [--config FILE]
+    ray job submit --working-dir . -- python -m actors.monitor SOURCE... --index DIR
+
+`vidx monitor` runs the same `run_monitor`. With no SOURCE it only watches an index that another
+process ingests. Ctrl-C or SIGTERM stops ingestion (which commits), evaluates what was committed,
+and exits; open events stay open in the monitor state and go on at the next run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from actors.arguments import add_monitor_arguments
+from actors.ingest import IngestSummary, run_ingest
+from indexer.monitor.alerts import Alert
+from indexer.monitor.monitor import Monitor
+from indexer.monitor.queries import QueryStore
+from indexer.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+DRAIN_S = 20.0   # at exit: how long to wait for clips being cut and webhooks being delivered
+
+
+def run_monitor(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
+                progress: bool = False, on_alert: Callable[[Alert], None] | None = None,
+                stop: threading.Event | None = None, stats: dict | None = None) -> IngestSummary | None:
+    """Ingest `sources` into `index` while its standing queries run; returns when ingestion ends
+    (no sources: when `stop` is set, or on SIGINT/SIGTERM). `stats` receives the monitor's counts
+    (frames evaluated, candidates past the prefilter, windows verified)."""
+    root = Path(index).expanduser().resolve()
+    if not sources and not (root / "manifest.json").exists():
+        raise FileNotFoundError(f"{root}: no index here; give sources to ingest, or run vidx ingest first")
+    root.mkdir(parents=True, exist_ok=True)
+    if not QueryStore(root).load():
+        logger.warning("%s has no standing queries yet; add some with `vidx watch add` (they are picked up live)",
+                       root)
+    # commits are what the monitor sees: commit often enough for alerts within seconds
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"commit_interval_s": min(settings.index.commit_interval_s, settings.monitor.commit_interval_s)})})
+    stop = stop or threading.Event()
+    monitor = Monitor(root, settings, on_alert=on_alert)
+    thread = threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True)
+    thread.start()
+    summary = None
+    try:
+        if sources:
+            summary = run_ingest(sources, root, settings, address=address, progress=progress)
+        else:
+            _wait_for_signal(stop)
+    finally:
+        stop.set()
+        thread.join()
+        monitor.drain(DRAIN_S)
+        monitor.close()
+        if stats is not None:
+            stats.update(monitor.stats)
+    return summary
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def alert_line(alert: Alert) -> str:
+    """One line per alert row, as `vidx monitor` prints them."""
+    from indexer.query.prompt import clock
+
+    when = clock(alert.start_s) + (f"-{clock(alert.end_s)}" if alert.end_s is not None else "")
+    head = "ALERT" if alert.status == "open" else "ENDED"
+    clip = f" clip={alert.clip}" if alert.clip else ""
+    answer = alert.answer.replace("\n", " ")[:120]
+    return f"{head} {alert.alert_id} [{alert.stream_id} {when}] {alert.query_id}: {alert.condition} | {answer}{clip}"
+
+
+def monitor_from_args(args: argparse.Namespace) -> int:
+    import json
+
+    settings = load_settings(args.config)
+    if args.fps is not None:
+        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+
+    def show(alert: Alert) -> None:
+        if args.json:
+            print(json.dumps({**alert.to_json(), "thumbnail": None}), flush=True)
+        else:
+            print(alert_line(alert), flush=True)
+
+    stats: dict = {}
+    summary = run_monitor(args.sources, args.index, settings, address=args.address, progress=not args.no_progress,
+                          on_alert=show, stats=stats)
+    if summary is not None:
+        print("\n".join(summary.lines()), flush=True)
+    if stats.get("frames"):
+        print(f"conditions: {stats['frames']} frame evaluations, {stats['candidates']} past the prefilter "
+              f"({100 * stats['candidates'] / stats['frames']:.1f} %), {stats['verifications']} windows verified",
+              flush=True)
+    return 1 if summary is not None and summary.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m actors.monitor", description=__doc__.splitlines()[0])
+    add_monitor_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return monitor_from_args(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("monitor: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
