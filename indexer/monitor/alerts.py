@@ -83,14 +83,24 @@ class AlertLog:
     def generation(self) -> int:
         return self.state.generation
 
-    def rows(self, after_generation: int = -1) -> list[Alert]:
-        """Every committed row (opening and closing) of commits after `after_generation`, oldest first."""
-        files = [f for gen, f in self.state.alert_files if gen > after_generation]
+    def commits(self, after_generation: int) -> list[tuple[int, list[Alert]]]:
+        """Each committed generation after `after_generation` that wrote alert rows, oldest first,
+        with its rows (opening and closing) in the order written."""
+        files = [(gen, f) for gen, f in self.state.alert_files if gen > after_generation]
         if not files:
             return []
         monitor_dir = self.root / "monitor"
-        table = ds.dataset([str(monitor_dir / f) for f in files], schema=SCHEMA, format="parquet").to_table()
-        return [Alert(**row) for row in table.to_pylist()]
+        dataset = ds.dataset([str(monitor_dir / f) for _, f in files], schema=SCHEMA, format="parquet")
+        # one scan of every file; __fragment_index: the row's file, by its place in the list
+        table = dataset.to_table(columns=[*SCHEMA.names, "__fragment_index"])
+        rows: list[list[Alert]] = [[] for _ in files]
+        for row in table.to_pylist():
+            rows[row.pop("__fragment_index")].append(Alert(**row))
+        return [(gen, file_rows) for (gen, _), file_rows in zip(files, rows, strict=True)]
+
+    def rows(self, after_generation: int = -1) -> list[Alert]:
+        """Every committed row (opening and closing) of commits after `after_generation`, oldest first."""
+        return [row for _, rows in self.commits(after_generation) for row in rows]
 
     def alerts(self, stream_id: str | None = None, query_id: str | None = None, limit: int | None = None) -> list[Alert]:
         """The latest row of each alert, newest first."""

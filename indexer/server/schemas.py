@@ -1,10 +1,26 @@
-"""The HTTP API's request and response bodies (what /docs shows)."""
+"""The HTTP API's request and response bodies (what /docs shows), and what every response body and
+file is made of: JSON-safe numbers (`finite`), video media types (`VIDEO_TYPES`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+               ".mkv": "video/x-matroska", ".ts": "video/mp2t", ".avi": "video/x-msvideo"}  # not left to the OS
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf (e.g. an unknown time to first token) -> None: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 class Filters(BaseModel):
@@ -214,7 +230,7 @@ class AlertsResponse(BaseModel):
     alerts: list[AlertModel]
 
 
-__all__ = ["AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
+__all__ = ["VIDEO_TYPES", "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
            "Filters", "HitModel", "QueryKind", "SearchFields", "SearchRequest", "SearchResponse", "StreamModel",
            "StreamsResponse", "TurnModel", "WatchListResponse", "WatchModel", "WatchPatch", "WatchRequest",
-           "WebhookModel", "WebhookRequest", "WebhookSecretModel"]
+           "WebhookModel", "WebhookRequest", "WebhookSecretModel", "finite"]

@@ -252,7 +252,7 @@ def test_the_feed_sends_each_committed_row_and_resumes_after_last_event_id(engin
 
 
 def test_a_quiet_feed_sends_keepalive_comments(engine, monkeypatch):
-    monkeypatch.setattr("indexer.server.app.KEEPALIVE_S", 0.3)
+    monkeypatch.setattr("indexer.server.monitor_api.KEEPALIVE_S", 0.3)
     with running_server(create_app(engine, refresh_interval_s=0)) as url, \
             httpx.Client(base_url=url, timeout=httpx.Timeout(10.0)) as http, \
             open_feed(http, "/api/alerts/stream") as response:
