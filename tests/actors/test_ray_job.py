@@ -1,6 +1,7 @@
-"""The ingest job through Ray's job API, as the README says: `ray job submit --working-dir .` to a
-`ray start --head` cluster on localhost (the job API needs the dashboard). A file is indexed
-with every sample once; a live job stopped with `ray job stop` (SIGTERM) commits what it sent."""
+"""The ingest and monitor jobs through Ray's job API, as the README says: `ray job submit
+--working-dir .` to a `ray start --head` cluster on localhost (the job API needs the dashboard). A
+file is indexed with every sample once; a monitor job raises its alert; a live job stopped with
+`ray job stop` (SIGTERM) commits what it sent."""
 
 import json
 import subprocess
@@ -8,9 +9,12 @@ import urllib.request
 
 import pytest
 
+from indexer.monitor.alerts import AlertLog
+from indexer.monitor.queries import QueryStore, StandingQuery
 from tests.actors.jobs import REPO, committed, ray_cluster, summary_frames, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
+from tests.monitor.scenes import make_scene_video
 from tests.streams import hls_live
 
 # Ray never uploads .git, .venv or what .gitignore lists (out/); the tests' golden data stays too
@@ -50,6 +54,21 @@ def test_ray_job_submit_indexes_a_file_and_ray_job_stop_commits_a_live_stream(tm
         index = check_index(files, {"clip": 6})  # every sample once, FAISS ids = frame ids, true pts
         assert index.manifest.streams["clip"].complete
         assert summary_frames(ray_job("logs", "file").stdout) == {"clip": 6}
+
+        # the monitor job: ingestion with a standing query, the alert printed in the job's log
+        watched = tmp_path / "watched"
+        QueryStore(watched).add(StandingQuery(id="dark", kind="black", min_duration_s=2.0))
+        scenes = make_scene_video(tmp_path / "scenes.mp4", 12.0, {"black": (4.0, 8.0)}, fps=FPS)
+        monitored = ray_job("submit", "--submission-id", "monitor", "--working-dir", ".", "--runtime-env-json",
+                            RUNTIME_ENV, "--", "python", "-m", "actors.monitor", f"cam={scenes}", "--index",
+                            str(watched), "--config", str(config), "--no-progress")
+        assert monitored.returncode == 0, monitored.stdout + monitored.stderr
+        assert _job_status(cluster.dashboard_url, "monitor") == "SUCCEEDED"
+        (alert,) = AlertLog(watched).alerts()
+        assert (alert.query_id, alert.start_s, alert.end_s, alert.status) == ("dark", 4.0, 8.0, "closed")
+        logs = ray_job("logs", "monitor").stdout
+        assert f"ALERT {alert.alert_id} [cam 0:04]" in logs and f"ENDED {alert.alert_id} [cam 0:04-0:08]" in logs
+        assert (watched / alert.clip).stat().st_size > 0
 
         with hls_live(duration_s=240, fps=FPS, size=(160, 120)) as (live, _):
             started = submit("live", f"live={live}", "--index", str(live_root), "--config", str(config), wait=False)
