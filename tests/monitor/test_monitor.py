@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from indexer.batches import FrameBatch
@@ -167,3 +168,26 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     assert not any(key.startswith("disc/") for key in monitor.state.trackers)  # a removed query leaves no state
     assert alerts["black"].start_s >= 16.0      # resumed at 16 s, mid-way through the black stretch
     assert np.isclose(monitor.state.streams["cam"].next_index, 32)
+
+
+def test_model_evaluator_scores_with_the_retrieval_embedding_and_verifies_with_llamavid(tiny_index):
+    """The stages a real checkpoint runs, on the tiny random models: the prefilter is the cosine the
+    search uses, the verifier a LLaMA-VID answer over the window's stored features."""
+    from indexer.monitor.conditions import ModelEvaluator, is_yes
+    from indexer.monitor.frames import FRAME_COLUMNS, Frames
+    from indexer.query.search import SearchFilter
+    from indexer.store.index import IndexReader
+
+    evaluator = ModelEvaluator(tiny_index.root, tiny_index.settings)
+    rows = IndexReader(tiny_index.root).timeline("b", columns=FRAME_COLUMNS)
+    frames = Frames.from_rows("b", rows.filter(pc.equal(rows["kind"], "frame")).sort_by("sample_index"))
+    condition = "an orange board with a blue disc"
+    scores = evaluator.scores(condition, frames)
+    hits = evaluator.engine.search(text=condition, k=len(frames), where=SearchFilter(streams=("b",)))
+    by_frame = {h.frame_id: h.score for h in hits}
+    assert np.allclose(scores, [by_frame[int(f)] for f in frames.frame_ids], atol=1e-5)
+    low, high = tiny_index.settings.monitor.score_range
+    assert evaluator.threshold(0.0) == high and evaluator.threshold(1.0) == low
+    verdict = evaluator.verify(condition, frames[2:6])
+    assert verdict.answer and verdict.positive == is_yes(verdict.answer)
+    evaluator.close()
