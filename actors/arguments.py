@@ -4,6 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
 
 
 def add_ingest_arguments(parser: argparse.ArgumentParser, sources: str = "+") -> None:
@@ -21,4 +28,31 @@ def add_monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print each alert row as JSON (thumbnail left out)")
 
 
-__all__ = ["add_ingest_arguments", "add_monitor_arguments"]
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """--config, with --fps over reader.fps."""
+    from indexer.settings import load_settings
+
+    settings = load_settings(args.config)
+    if args.fps is not None:
+        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+    return settings
+
+
+def job_main(name: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
+    """`python -m actors.NAME`: parse, run, and turn usage errors into a message and exit code 2."""
+    parser = argparse.ArgumentParser(prog=f"python -m actors.{name}", description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts, or a second Ctrl-C: nothing waited for
+        print(f"{name}: aborted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["add_ingest_arguments", "add_monitor_arguments", "job_main", "settings_from_args"]

@@ -19,12 +19,12 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from actors.arguments import add_ingest_arguments
+from actors.arguments import add_ingest_arguments, job_main, settings_from_args
 from actors.encoder import EncoderActor
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
 from indexer.media.source import check_stream_id, parse_source
-from indexer.settings import Settings, load_settings
+from indexer.settings import Settings
 
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
@@ -201,32 +201,15 @@ class _ProgressBars:
             bar.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m actors.ingest", description=__doc__.splitlines()[0])
-    add_ingest_arguments(parser)
-    return parser
-
-
 def ingest_from_args(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    if args.fps is not None:
-        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+    settings = settings_from_args(args)
     summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=not args.no_progress)
     print("\n".join(summary.lines()), flush=True)  # before `ray job stop` SIGKILLs a slow exit
     return 1 if summary.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return ingest_from_args(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C while Ray starts, or a second Ctrl-C: nothing waited for
-        print("ingest: aborted", file=sys.stderr)
-        return 130
+    return job_main("ingest", __doc__.splitlines()[0], add_ingest_arguments, ingest_from_args, argv)
 
 
 if __name__ == "__main__":

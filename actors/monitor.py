@@ -18,12 +18,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.arguments import add_monitor_arguments
+from actors.arguments import add_monitor_arguments, job_main, settings_from_args
 from actors.ingest import IngestSummary, run_ingest
 from indexer.monitor.alerts import Alert
 from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore
-from indexer.settings import Settings, load_settings
+from indexer.settings import Settings
 
 logger = logging.getLogger(__name__)
 DRAIN_S = 20.0   # at exit: how long to wait for clips being cut and webhooks being delivered
@@ -89,9 +89,7 @@ def alert_line(alert: Alert) -> str:
 def monitor_from_args(args: argparse.Namespace) -> int:
     import json
 
-    settings = load_settings(args.config)
-    if args.fps is not None:
-        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+    settings = settings_from_args(args)
 
     def show(alert: Alert) -> None:
         if args.json:
@@ -111,23 +109,8 @@ def monitor_from_args(args: argparse.Namespace) -> int:
     return 1 if summary is not None and summary.failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m actors.monitor", description=__doc__.splitlines()[0])
-    add_monitor_arguments(parser)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return monitor_from_args(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"monitor: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("monitor: aborted", file=sys.stderr)
-        return 130
+    return job_main("monitor", __doc__.splitlines()[0], add_monitor_arguments, monitor_from_args, argv)
 
 
 if __name__ == "__main__":
