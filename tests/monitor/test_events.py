@@ -26,7 +26,7 @@ def spans(events: list) -> list[tuple]:
 
 
 def make(**kw) -> EventTracker:
-    options = dict(window_frames=2, merge_gap_s=2.0, cooldown_s=0.0, min_duration_s=0.0) | kw
+    options = {"window_frames": 2, "merge_gap_s": 2.0, "cooldown_s": 0.0, "min_duration_s": 0.0} | kw
     return EventTracker("q", "cam", 1.0, **options)
 
 
