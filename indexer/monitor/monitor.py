@@ -43,7 +43,6 @@ from indexer.monitor.events import (
 from indexer.monitor.frames import FRAME_COLUMNS, Frames
 from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
 from indexer.monitor.state import (
-    MonitorState,
     PendingClose,
     StreamCursor,
     read_state,
@@ -169,7 +168,7 @@ class Monitor:
         for query in self._active(entry.stream_id):
             tracker = self._tracker(query, entry)
             if query.kind == "signal_lost":
-                rows += self._signal_back(query, tracker, frames)
+                rows += self._signal_back(query, entry, tracker, frames)
                 continue
             starts = None
             if query.kind == "condition":
@@ -228,11 +227,15 @@ class Monitor:
                     rows += self._on_event(query, entry, _closed_at(tracker, gap["end_s"], wall_end))
         return rows
 
-    def _signal_back(self, query: StandingQuery, tracker: EventTracker, frames: Frames) -> list[Alert]:
-        """A lost signal recorded as given up ends when frames come again (a later run)."""
-        if tracker.state.open is None:
+    def _signal_back(self, query: StandingQuery, entry: StreamEntry, tracker: EventTracker,
+                     frames: Frames) -> list[Alert]:
+        """A lost signal recorded as given up ends when frames after it come (a later run)."""
+        event = tracker.state.open
+        after = np.flatnonzero(frames.pts_s > event.start.pts_s) if event is not None else []
+        if not len(after):
             return []
-        return self._on_event(query, None, _closed_at(tracker, float(frames.pts_s[0]), frames.wall(0)))
+        i = int(after[0])
+        return self._on_event(query, entry, _closed_at(tracker, float(frames.pts_s[i]), frames.wall(i)))
 
     def _finish_stream(self, entry: StreamEntry) -> list[Alert]:
         rows: list[Alert] = []
@@ -244,9 +247,9 @@ class Monitor:
         return rows
 
     # -- alerts -----------------------------------------------------------------------------------
-    def _on_event(self, query: StandingQuery, entry: StreamEntry | None, event: Opened | Closed) -> list[Alert]:
+    def _on_event(self, query: StandingQuery, entry: StreamEntry, event: Opened | Closed) -> list[Alert]:
         e = event.event
-        stream_id = entry.stream_id if entry is not None else _stream_of(self.state, e.alert_id)
+        stream_id = entry.stream_id
         if isinstance(event, Opened):
             thumbnail = None
             if e.best.frame_id >= 0:
@@ -367,13 +370,6 @@ class Monitor:
 
 def _key(query_id: str, stream_id: str) -> str:
     return f"{query_id}/{stream_id}"
-
-
-def _stream_of(state: MonitorState, alert: str) -> str:
-    for key, tracker in state.trackers.items():
-        if tracker.open is not None and tracker.open.alert_id == alert:
-            return key.split("/", 1)[1]
-    raise KeyError(alert)
 
 
 def _closed_at(tracker: EventTracker, end_s: float, wall_end: float | None) -> Closed:

@@ -4,6 +4,8 @@ clip and webhooks, and exactly once across crashes at each step of a monitor com
 
 from __future__ import annotations
 
+import time
+
 import av
 import numpy as np
 import pyarrow.compute as pc
@@ -191,3 +193,73 @@ def test_model_evaluator_scores_with_the_retrieval_embedding_and_verifies_with_l
     verdict = evaluator.verify(condition, frames[2:6])
     assert verdict.answer and verdict.positive == is_yes(verdict.answer)
     evaluator.close()
+
+
+def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
+    """Ingestion records a live source's outage as a gap row when it reconnects (or gives up);
+    the signal_lost rule turns each outage of at least min_duration_s into one alert."""
+    from dataclasses import replace
+
+    from indexer.media.reader import Gap
+
+    settings, info, batches, layout = encoded
+    root = tmp_path / "index"
+    root.mkdir()
+    store = QueryStore(root)
+    store.add(StandingQuery(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0))
+    writer = IndexWriter(root, layout, commit_interval_s=1e9)
+    writer.open_stream(info, settings.reader.fps, "file")
+    outages = {1: Gap(7.0, 12.0, "connection lost: timed out", 1e9 + 7, 1e9 + 12, 8),
+               3: Gap(15.0, 16.0, "connection lost: reset", 1e9 + 15, 1e9 + 16, 12),   # 1 s: too short
+               7: Gap(31.0, None, "gave up: connection refused", 1e9 + 31, None, 32)}   # the last batch
+    with Monitor(root, settings) as monitor:
+        for i, batch in enumerate(batches):
+            writer.append(replace(batch, gaps=[outages[i]]) if i in outages else batch)
+            writer.commit()
+            monitor.poll()
+        monitor.drain(2.0)
+        writer.close()
+    alerts = sorted(AlertLog(root).alerts(), key=lambda a: a.start_s)
+    assert [(a.start_s, a.end_s, a.status) for a in alerts] == [(7.0, 12.0, "closed"), (31.0, None, "open")]
+    assert alerts[0].wall_start == 1e9 + 7 and alerts[0].wall_end == 1e9 + 12
+    assert alerts[0].answer == "signal lost: connection lost: timed out" and alerts[0].clip is None
+    assert alerts[1].answer.startswith("signal lost: gave up")
+
+
+def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded):
+    """One webhook answers 500 until the test lets it recover, another points at a closed port:
+    every commit is evaluated as it comes, the first is delivered after retries, the second
+    dead-lettered with its error."""
+    import socket
+
+    from indexer.monitor.webhooks import WebhookSender
+
+    settings = encoded[0].model_copy(deep=True)
+    settings.monitor.webhooks = settings.monitor.webhooks.model_copy(
+        update={"max_attempts": 3, "backoff_initial_s": 0.2, "backoff_max_s": 0.5, "timeout_s": 1.0})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    root = tmp_path / "index"
+    root.mkdir()
+    with receiver() as hook:
+        hook.status = 500
+        QueryStore(root).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
+            Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]))
+        with Monitor(root, settings) as monitor:
+            started = time.monotonic()
+            writer = feed(root, encoded, slice(None), on_commit=monitor.poll)
+            writer.close()
+            monitor.poll()
+            evaluated_in = time.monotonic() - started
+            assert monitor.state.streams["cam"].next_index == 32 and len(AlertLog(root).alerts()) == 1
+            hook.status = 200   # the receiver recovers
+            monitor.drain(10.0)
+            outbox = WebhookSender(root / "monitor" / "outbox")
+            dead = outbox.deliveries(state="dead")
+            delivered = outbox.deliveries(state="delivered")
+        assert {d.url for d in dead} == {f"http://127.0.0.1:{closed_port}/hook"} and len(dead) == 2
+        assert all(d.attempts == 3 and "connect" in d.last_error for d in dead)
+        assert {d.url for d in delivered} == {hook.url} and len(delivered) == 2
+        assert sorted(e for e, _ in hook.events(SECRET)) == ["alert.closed", "alert.opened"]
+    assert evaluated_in < 5.0, f"evaluation waited on the webhooks ({evaluated_in:.1f} s)"
