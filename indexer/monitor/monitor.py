@@ -351,10 +351,9 @@ class Monitor:
                             min_duration_s=query.min_duration_s, state=state)
 
     def _thumbnail(self, stream_id: str, frame_id: int) -> bytes | None:
-        recent = self._recent.get(stream_id)
-        for frames in (recent,):
-            if frames is not None and frame_id in frames.frame_ids:
-                return frames.thumbnails[int(np.flatnonzero(frames.frame_ids == frame_id)[0])]
+        recent = self._recent.get(stream_id)   # the frame is almost always among the latest
+        if recent is not None and frame_id in recent.frame_ids:
+            return recent.thumbnails[int(np.flatnonzero(recent.frame_ids == frame_id)[0])]
         from indexer.store.index import IndexReader
 
         return IndexReader(self.root).frame_row(frame_id, ["thumbnail"])["thumbnail"]
