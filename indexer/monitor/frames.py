@@ -51,11 +51,13 @@ class Frames:
 
     @staticmethod
     def concat(parts: list[Frames]) -> Frames:
+        """Parts in order, with the thumbnails already decoded kept decoded."""
         parts = [p for p in parts if len(p)]
         first = parts[0]
         return Frames(first.stream_id, *(np.concatenate([getattr(p, name) for p in parts]) for name in
                                          ("frame_ids", "sample_index", "pts_s", "wall_time", "embeddings")),
-                      [t for p in parts for t in p.thumbnails])
+                      [t for p in parts for t in p.thumbnails],
+                      [image for p in parts for image in (p._images or [None] * len(p))])
 
     def image(self, i: int) -> np.ndarray:
         """Frame i's thumbnail decoded: uint8 RGB [h, w, 3] (decoded once)."""

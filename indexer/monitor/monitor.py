@@ -187,8 +187,9 @@ class Monitor:
                     return ""
             else:
                 if query.kind not in rule_scores:
+                    previous = conditions.luma(context.image(offset - 1)) if offset else None
                     rule_scores[query.kind] = (conditions.black_scores(frames) if query.kind == "black" else
-                                               conditions.frozen_scores(context, None)[offset:])
+                                               conditions.frozen_scores(frames, previous))
                 measured = rule_scores[query.kind]
                 limit = (conditions.black_threshold if query.kind == "black" else
                          conditions.frozen_threshold)(query.sensitivity)
@@ -199,7 +200,9 @@ class Monitor:
                               for i in range(len(frames))]
             for event in tracker.step(frames, scores, positive, verify, describe, starts):
                 rows += self._on_event(query, entry, event)
-        self._recent[entry.stream_id] = context[-RECENT_FRAMES:]
+        # built after the rules ran, so the thumbnails they decoded stay decoded for the next commit
+        self._recent[entry.stream_id] = (Frames.concat([recent, frames]) if recent is not None
+                                         else frames)[-RECENT_FRAMES:]
         return rows
 
     def _signal_lost(self, entry: StreamEntry, gaps) -> list[Alert]:
@@ -264,15 +267,20 @@ class Monitor:
         return []
 
     def _finish_pending(self, manifest: Manifest | None) -> list[Alert]:
-        if not self.state.pending:
-            return []
-        log = AlertLog(self.root)
-        rows, waiting = [], []
         m = self.settings.monitor
-        for pending in self.state.pending:
-            try:
-                opened = log.get(pending.alert_id)
-            except KeyError:  # opened in this very poll's commit-to-be: next poll
+        ready, waiting = [], []
+        for pending in self.state.pending:   # the cheap check first: a live ring covers the post-roll
+            entry = manifest.streams.get(pending.stream_id) if manifest else None
+            ring = ring_dir(self.root, pending.stream_id)
+            covered = entry is None or not entry.live or _ring_covers(ring, pending.end_s + m.post_roll_s)
+            (ready if covered or time.time() >= pending.deadline else waiting).append(pending)
+        if not ready:
+            return []
+        opened_rows = {row.alert_id: row for row in AlertLog(self.root).rows()}   # read once, not per alert
+        rows = []
+        for pending in ready:
+            opened = opened_rows.get(pending.alert_id)
+            if opened is None:  # opened in this very poll's commit-to-be: next poll
                 waiting.append(pending)
                 continue
             entry = manifest.streams.get(pending.stream_id) if manifest else None
@@ -280,11 +288,7 @@ class Monitor:
                               "wall_end": pending.wall_end, "raised_at": time.time()})
             if opened.kind != "signal_lost" and entry is not None:
                 start, end = opened.start_s - m.pre_roll_s, pending.end_s + m.post_roll_s
-                ring = ring_dir(self.root, pending.stream_id)
-                if entry.live and not _ring_covers(ring, end) and time.time() < pending.deadline:
-                    waiting.append(pending)
-                    continue
-                self._attach_clip(closed, entry, ring, max(0.0, start), end)
+                self._attach_clip(closed, entry, ring_dir(self.root, pending.stream_id), max(0.0, start), end)
             rows.append(closed)
         self.state.pending = waiting
         return rows
