@@ -357,15 +357,18 @@ class WebhookSender:
             self._outbox.append({"id": d.id, **changes})
             for name, value in changes.items():
                 setattr(d, name, value)
+            # Logged before waiters wake, so whoever sees the dead letter also finds its log line.
+            if d.state == "dead":
+                logger.warning(
+                    "webhook dead letter: %s to %s (delivery %s) failed after %d attempts: %s",
+                    d.event, d.url, d.id, d.attempts, d.last_error,
+                )
+            elif d.state == "pending":
+                logger.debug(
+                    "webhook %s to %s: attempt %d failed (%s), retrying", d.id, d.url, d.attempts, d.last_error
+                )
             if d.state != "pending":
                 self._changed.notify_all()
-        if d.state == "dead":
-            logger.warning(
-                "webhook dead letter: %s to %s (delivery %s) failed after %d attempts: %s",
-                d.event, d.url, d.id, d.attempts, d.last_error,
-            )
-        elif d.state == "pending":
-            logger.debug("webhook %s to %s: attempt %d failed (%s), retrying", d.id, d.url, d.attempts, d.last_error)
 
 
 def _seconds(retry_after: str | None) -> float | None:
