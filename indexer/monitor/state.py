@@ -1,6 +1,7 @@
 """`monitor/state.json`: what the monitor has evaluated and raised. A monitor commit writes the
 new alert rows first and then replaces this file: it is the one place that says which alert files
-count, how far each stream was evaluated, and every open event, so a restart resumes exactly here."""
+count, how far each lane evaluated each stream, and every open event, so a restart resumes
+exactly here."""
 
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ class PendingClose(BaseModel):
     deadline: float            # unix time: cut what the ring has by then
 
 
-class MonitorState(BaseModel):
-    generation: int = 0
+class LaneState(BaseModel):
+    """One lane's progress (see lanes.py): how far it evaluated each stream, its queries' events."""
+
     streams: dict[str, StreamCursor] = Field(default_factory=dict)
     trackers: dict[str, TrackerState] = Field(default_factory=dict)   # "<query id>/<stream id>"
+
+
+class MonitorState(BaseModel):
+    generation: int = 0
+    lanes: dict[str, LaneState] = Field(default_factory=dict)         # by lane name
     alert_files: list[tuple[int, str]] = Field(default_factory=list)   # (generation, path under monitor/)
     submitted_through: int = 0   # webhooks of alert files up to this generation are in the outbox
     pending: list[PendingClose] = Field(default_factory=list)
@@ -53,4 +60,4 @@ def write_state(root: Path, state: MonitorState) -> None:
     write_atomic_json(root / "monitor" / STATE_FILE, state.model_dump(mode="json"))
 
 
-__all__ = ["STATE_FILE", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]
+__all__ = ["STATE_FILE", "LaneState", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]

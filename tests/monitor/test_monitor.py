@@ -4,6 +4,7 @@ clip and webhooks, and exactly once across crashes at each step of a monitor com
 
 from __future__ import annotations
 
+import threading
 import time
 
 import av
@@ -21,6 +22,7 @@ from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
 from indexer.store.writer import IndexWriter
 from tests.indexes import tiny_settings
+from tests.monitor.colour import ColourDetector
 from tests.monitor.receiver import receiver
 from tests.monitor.scenes import make_scene_video
 
@@ -147,6 +149,60 @@ def test_a_crash_at_any_step_of_a_monitor_commit_loses_and_repeats_nothing(tmp_p
         check_alerts(root, hook)
 
 
+class StuckVerifier(ColourDetector):
+    """Verification that hangs until released, then fails: a LLaMA-VID call that never returns
+    before the process dies."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def verify(self, condition, frames):
+        self.entered.set()
+        self.release.wait(60)
+        raise RuntimeError("the verifier died")
+
+
+def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_nothing(tmp_path, encoded):
+    """The conditions lane runs beside the rules lane: while verification of the planted disc
+    (6-10 s) hangs, the black (14-18 s) and frozen (22-27 s) alerts are raised and committed. The
+    verifier then dies with nothing of its lane committed; a restarted monitor raises the disc
+    alert once and neither rule alert again, and the receiver gets every event once."""
+    root = tmp_path / "index"
+    root.mkdir()
+    settings = encoded[0]
+    with receiver() as hook:
+        queries(root, hook.url)
+        stuck, stop = StuckVerifier(), threading.Event()
+        monitor = Monitor(root, settings, evaluator=stuck)
+        thread = threading.Thread(target=monitor.run, args=(stop,))
+        thread.start()
+        try:
+            writer = feed(root, encoded, slice(None))
+            writer.finish_stream("cam")
+            writer.close()
+            deadline = time.monotonic() + 30
+            while {a.query_id for a in AlertLog(root).alerts() if a.status == "closed"} != {"black", "frozen"}:
+                assert time.monotonic() < deadline, AlertLog(root).alerts()
+                time.sleep(0.1)
+            assert stuck.entered.is_set() and not stuck.release.is_set()   # the disc is still being verified
+            lanes = monitor.state.lanes
+            assert lanes["rules"].streams["cam"].next_index == 32
+            assert lanes.get("conditions") is None or lanes["conditions"].streams["cam"].next_index < 32
+        finally:
+            stuck.release.set()
+            stop.set()
+            thread.join()
+        monitor.sender.wait_idle(5.0)
+        monitor.close()
+        assert {(e, q) for e, q in hook.events(SECRET)} == {
+            (e, a.alert_id) for a in AlertLog(root).alerts() for e in ("alert.opened", "alert.closed")}
+        with Monitor(root, settings) as monitor:       # the colour detector of the settings verifies
+            monitor.poll()
+            monitor.drain(10.0)
+        check_alerts(root, hook)
+
+
 def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     root = tmp_path / "index"
     root.mkdir()
@@ -167,9 +223,10 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     alerts = {a.query_id: a for a in AlertLog(root).alerts()}
     assert set(alerts) == {"disc", "black"}
     assert alerts["disc"].status == "closed" and alerts["disc"].end_s == 10.0   # ended (at 12 s) before removal
-    assert not any(key.startswith("disc/") for key in monitor.state.trackers)  # a removed query leaves no state
+    lanes = monitor.state.lanes.values()
+    assert not any(key.startswith("disc/") for lane in lanes for key in lane.trackers)  # a removed query leaves no state
     assert alerts["black"].start_s >= 16.0      # resumed at 16 s, mid-way through the black stretch
-    assert np.isclose(monitor.state.streams["cam"].next_index, 32)
+    assert [lane.streams["cam"].next_index for lane in lanes] == [32, 32]
 
 
 def test_model_evaluator_scores_with_the_retrieval_embedding_and_verifies_with_llamavid(tiny_index):
@@ -252,7 +309,8 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
             writer.close()
             monitor.poll()
             evaluated_in = time.monotonic() - started
-            assert monitor.state.streams["cam"].next_index == 32 and len(AlertLog(root).alerts()) == 1
+            assert monitor.state.lanes["rules"].streams["cam"].next_index == 32
+            assert len(AlertLog(root).alerts()) == 1
             hook.status = 200   # the receiver recovers
             monitor.drain(10.0)
             outbox = WebhookSender(root / "monitor" / "outbox")
