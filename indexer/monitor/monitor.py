@@ -193,9 +193,10 @@ class Monitor:
             if rows:
                 alert_files.append((generation, write_alerts(self.dir, generation, rows)))
             snapshot = lane.state.model_copy(deep=True)
+            finished = set(finished)
             state = old.model_copy(update={
                 "generation": generation, "alert_files": alert_files, "lanes": {**old.lanes, lane.name: snapshot},
-                "pending": [p for p in old.pending if p.alert_id not in set(finished)] + closes})
+                "pending": [p for p in old.pending if p.alert_id not in finished] + closes})
             write_state(self.root, state)
             self.state, lane.committed = state, snapshot
             self._submit(rows)
