@@ -32,12 +32,12 @@ from indexer.monitor.events import (
     alert_id,
 )
 from indexer.monitor.frames import FRAME_COLUMNS, Frames
-from indexer.monitor.queries import StandingQuery
+from indexer.monitor.queries import RULES, StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, StreamCursor
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest, StreamEntry
 
-LANES = {"rules": ("black", "frozen", "signal_lost"), "conditions": ("condition",)}
+LANES = {"rules": RULES, "conditions": ("condition",)}
 RECENT_FRAMES = 32    # per stream, kept for verification windows and the frozen-picture rule
 
 
@@ -74,8 +74,13 @@ class Lane:
             cursor = self.state.streams.setdefault(stream_id, StreamCursor())
             new = [seg for seg in entry.segments if seg.generation > cursor.generation]
             if new:
-                for segment in new:
-                    self._evaluate(entry, pq.read_table(self.root / segment.timeline, columns=FRAME_COLUMNS), cursor)
+                if self._active(stream_id):
+                    for segment in new:
+                        self._evaluate(entry, pq.read_table(self.root / segment.timeline, columns=FRAME_COLUMNS),
+                                       cursor)
+                else:   # nothing in this lane watches the stream: past what is committed, unread
+                    cursor.next_index = max(cursor.next_index, entry.next_index)
+                    self._recent.pop(stream_id, None)
                 cursor.generation = max(seg.generation for seg in new)
                 changed = True
             if entry.complete or entry.error:
