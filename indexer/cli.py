@@ -119,7 +119,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         query = StandingQuery(
             id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=args.stream or [],
             sensitivity=args.sensitivity, cooldown_s=args.cooldown,
-            min_duration_s=args.min_duration if args.min_duration is not None else RULE_MIN_DURATION_S.get(kind, 0.0),
+            min_duration_s=args.min_duration,
             webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
         store.add(query)
         print(f"added {query.id}: {query.describe()}")
@@ -154,10 +154,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     else:
         print("\n".join(alert_line(a) for a in alerts) or f"no alerts in {root}")
     return 0
-
-
-# a single black or frozen frame is a cut or a still shot, not an outage
-RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
 
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:

@@ -29,6 +29,8 @@ from indexer.store.files import write_atomic
 MONITOR_DIR = "monitor"
 QUERIES_FILE = "queries.json"
 RULES = ("black", "frozen", "signal_lost")   # model-free conditions
+# a single black or frozen frame is a cut or a still shot, not an outage
+RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
 QUERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -58,10 +60,18 @@ class StandingQuery(BaseModel):
     streams: list[str] = Field(default_factory=list, description="empty: every stream")
     sensitivity: float = Field(0.5, ge=0, le=1, description="higher: more frames pass the prefilter")
     cooldown_s: float = Field(60.0, ge=0, description="no new alert this long after the last one ended")
-    min_duration_s: float = Field(0.0, ge=0, description="an event shorter than this raises no alert")
+    min_duration_s: float = Field(0.0, ge=0, description="an event shorter than this raises no alert "
+                                                         "(default: RULE_MIN_DURATION_S by kind, else 0)")
     webhooks: list[Webhook] = Field(default_factory=list)
     paused: bool = False
     created: float = Field(default_factory=time.time)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rule_min_duration(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("min_duration_s") is None:
+            data = {**data, "min_duration_s": RULE_MIN_DURATION_S.get(data.get("kind", "condition"), 0.0)}
+        return data
 
     @field_validator("id")
     @classmethod
@@ -167,4 +177,4 @@ def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQu
     raise KeyError(f"no standing query {query_id!r} in {root}; have: {sorted(q.id for q in queries) or 'none'}")
 
 
-__all__ = ["MONITOR_DIR", "RULES", "QueryStore", "StandingQuery", "Webhook"]
+__all__ = ["MONITOR_DIR", "RULES", "RULE_MIN_DURATION_S", "QueryStore", "StandingQuery", "Webhook"]

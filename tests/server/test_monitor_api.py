@@ -64,6 +64,7 @@ def test_standing_queries_are_created_listed_paused_and_removed_and_secrets_show
 
     rule = client.post("/api/watch", json={"id": "dark", "kind": "black", "streams": ["cam"]})
     assert rule.status_code == 201 and rule.json()["condition"] is None and rule.json()["webhooks"] == []
+    assert rule.json()["min_duration_s"] == 2.0 and query["min_duration_s"] == 0.0   # the rule's default, as vidx
 
     listed = client.get("/api/watch")
     assert listed.status_code == 200
