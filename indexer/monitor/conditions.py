@@ -6,7 +6,8 @@ the candidate window by LLaMA-VID (a yes/no question over the window's context t
 stages sit behind `ConditionEvaluator`, so a deterministic evaluator (tests: a colour detector)
 plugs in where the models would, and everything around it stays the same.
 
-Black and frozen pictures need no model: `rule_scores` tests each frame's thumbnail."""
+Black and frozen pictures need no model: `black_scores` and `frozen_scores` measure each frame's
+thumbnail."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from indexer.settings import Settings
 from indexer.store.manifest import Manifest, StreamEntry, read_manifest
 
 logger = logging.getLogger(__name__)
+CLIPS_DIR = "clips"   # <root>/monitor/clips/: the alert clips, the only files the HTTP API serves as clips
 
 
 def ring_dir(root: str | os.PathLike, stream_id: str) -> Path:
@@ -44,7 +45,7 @@ def ring_dir(root: str | os.PathLike, stream_id: str) -> Path:
 
 
 def clip_path(root: Path, alert: str) -> Path:
-    return root / MONITOR_DIR / "clips" / f"{alert}.mp4"
+    return root / MONITOR_DIR / CLIPS_DIR / f"{alert}.mp4"
 
 
 class Monitor:
@@ -255,4 +256,4 @@ def _lock(path: Path) -> int:
     return fd
 
 
-__all__ = ["Monitor", "clip_path", "ring_dir"]
+__all__ = ["CLIPS_DIR", "Monitor", "clip_path", "ring_dir"]

@@ -45,6 +45,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from indexer.monitor.alerts import Alert, AlertLog
+from indexer.monitor.monitor import CLIPS_DIR
 from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
 from indexer.server.schemas import (
     VIDEO_TYPES,
@@ -61,7 +62,6 @@ from indexer.server.schemas import (
 
 logger = logging.getLogger(__name__)
 
-CLIPS_DIR = "clips"          # alert clips: <root>/monitor/clips/, the only files /api/alerts/{id}/clip serves
 KEEPALIVE_S = 15.0           # a comment line this often keeps proxies from closing a quiet alert feed
 MIN_FEED_POLL_S = 0.25       # the alert feed reads state.json at most this often (poll_s may be 0)
 
@@ -279,4 +279,4 @@ def _note_exit_signals(closing: threading.Event) -> Callable[[], None]:
     return restore
 
 
-__all__ = ["CLIPS_DIR", "KEEPALIVE_S", "MIN_FEED_POLL_S", "monitor_router"]
+__all__ = ["KEEPALIVE_S", "MIN_FEED_POLL_S", "monitor_router"]
