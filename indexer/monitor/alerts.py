@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from indexer.monitor.queries import MONITOR_DIR
 from indexer.monitor.state import MonitorState, read_state
 from indexer.store.files import write_atomic
 
@@ -89,7 +90,7 @@ class AlertLog:
         files = [(gen, f) for gen, f in self.state.alert_files if gen > after_generation]
         if not files:
             return []
-        monitor_dir = self.root / "monitor"
+        monitor_dir = self.root / MONITOR_DIR
         dataset = ds.dataset([str(monitor_dir / f) for _, f in files], schema=SCHEMA, format="parquet")
         # one scan of every file; __fragment_index: the row's file, by its place in the list
         table = dataset.to_table(columns=[*SCHEMA.names, "__fragment_index"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from indexer.monitor.events import TrackerState
+from indexer.monitor.queries import MONITOR_DIR
 from indexer.store.files import write_atomic_json
 
 STATE_FILE = "state.json"
@@ -47,7 +48,7 @@ class MonitorState(BaseModel):
 
 
 def read_state(root: Path) -> MonitorState:
-    path = root / "monitor" / STATE_FILE
+    path = root / MONITOR_DIR / STATE_FILE
     if not path.exists():
         return MonitorState()
     try:
@@ -57,7 +58,7 @@ def read_state(root: Path) -> MonitorState:
 
 
 def write_state(root: Path, state: MonitorState) -> None:
-    write_atomic_json(root / "monitor" / STATE_FILE, state.model_dump(mode="json"))
+    write_atomic_json(root / MONITOR_DIR / STATE_FILE, state.model_dump(mode="json"))
 
 
 __all__ = ["STATE_FILE", "LaneState", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]
