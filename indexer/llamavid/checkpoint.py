@@ -34,9 +34,11 @@ _LLM_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "rope_theta", "bos_token_id", "eos_token_id", "pad_token_id", "pretraining_tp",
                "tie_word_embeddings", "attention_bias", "head_dim")
 
-# Keys the official loader also skips: the vision tower copy in the shards (it reads eva_vit_g.pth),
-# rotary `inv_freq` buffers, BERT `position_ids` buffers.
+# Keys with no place in the model's state dict: the vision tower copy in the shards (the official
+# loader reads eva_vit_g.pth), BERT `position_ids` buffers, and the rotary `inv_freq` buffers (not
+# weights: stored_rope_frequencies reads them for the LLM's rotary embedding).
 _IGNORED_KEYS = re.compile(r"^model\.vision_tower\.|\.rotary_emb\.inv_freq$|embeddings\.position_ids$")
+_INV_FREQ_KEY = re.compile(r"^model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq$")
 
 
 class CheckpointError(ValueError):
@@ -304,6 +306,26 @@ def convert_official_weights(llm_state: dict[str, torch.Tensor], eva_state: dict
     return out
 
 
+def stored_rope_frequencies(llm_state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The rotary `inv_freq` that the checkpoint stores (transformers 4.31 saved one copy per layer, in
+    the shard dtype), upcast exactly to float32; None if it stores none (the official model then keeps
+    the exact frequencies). Every layer computes and rounds the same value, so one copy serves all;
+    copies that differ, or layers without one, would need a rotary embedding per layer: an error."""
+    copies = {int(m.group(1)): t for key, t in llm_state.items() if (m := _INV_FREQ_KEY.match(key))}
+    if not copies:
+        return None
+    layers = _count_layers(llm_state, "model.layers.")
+    missing = sorted(set(range(layers)) - set(copies))
+    first = copies[min(copies)]
+    differing = sorted(i for i, t in copies.items() if t.shape != first.shape or not torch.equal(t, first))
+    problems = ([f"missing for layers {missing}"] if missing else []) + (
+        [f"different in layers {differing} from layer {min(copies)}"] if differing else [])
+    if problems:
+        raise CheckpointError("the checkpoint's model.layers.N.self_attn.rotary_emb.inv_freq is " + " and ".join(problems)
+                              + ": store the same value for every layer, or none")
+    return first.float()
+
+
 def load_into(model: torch.nn.Module, weights: ConvertedWeights, source: str) -> None:
     """Copy converted weights into `model`; any missing key, unknown key or shape mismatch is an
     error that names the keys."""
@@ -328,5 +350,5 @@ def load_into(model: torch.nn.Module, weights: ConvertedWeights, source: str) ->
 
 __all__ = ["CheckpointError", "ProcessorSettings", "ConvertedWeights", "resolve_model_dir", "resolve_asset",
            "resolve_qformer_dir", "read_bert_config", "load_model_weights", "load_eva_weights", "read_processor_settings",
-           "build_config", "convert_official_weights", "load_into", "BUNDLED_PROCESSORS", "EVA_VIT_G_URL",
+           "build_config", "convert_official_weights", "stored_rope_frequencies", "load_into", "BUNDLED_PROCESSORS", "EVA_VIT_G_URL",
            "DEFAULT_QFORMER"]

@@ -15,6 +15,7 @@ from indexer.llamavid.configuration_llamavid import LlamaVidConfig
 from indexer.llamavid.modeling_content import ContentPooling, ContentProjector
 from indexer.llamavid.modeling_context import ContextAttention
 from indexer.llamavid.modeling_qformer import QFormerTextQueries
+from indexer.llamavid.modeling_rope import LlamaVidRotaryEmbedding
 from indexer.llamavid.modeling_vision import EvaVisionTower
 from indexer.llamavid.tokenization import IMAGE_TOKEN_INDEX
 
@@ -31,6 +32,7 @@ class LlamaVidModel(nn.Module):
         llm_config = config.llm_config()
         llm_config._attn_implementation = "sdpa"
         self.language_model = LlamaForCausalLM(llm_config)
+        self.language_model.model.rotary_emb = LlamaVidRotaryEmbedding(llm_config)  # official beyond max_position_embeddings
 
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: (T, 3, S, S) -> (T, 1 + N, C)

@@ -68,6 +68,7 @@ class LlamaVid:
         weights = ckpt.convert_official_weights(llm_state, eva_state, config)
         ckpt.load_into(model, weights, str(model_dir))
         _init_non_persistent_buffers(model, device)
+        model.language_model.model.rotary_emb.use_checkpoint_frequencies(ckpt.stored_rope_frequencies(llm_state))
         del llm_state, eva_state, weights
 
         generation_file = model_dir / "generation_config.json"

@@ -169,3 +169,55 @@ def test_pickles_are_refused(tiny_root):
     torch.save({"model.embed_tokens.weight": torch.zeros(1), "evil": fractions.Fraction(1, 3)}, shard)
     with pytest.raises(Exception, match="(?i)weights only load failed"):
         LlamaVid.from_pretrained(tiny_root / "model")
+
+
+# -- rotary frequencies beyond max_position_embeddings --------------------------------------------
+INV_FREQ = "self_attn.rotary_emb.inv_freq"
+
+
+def _edit_every_shard(model_dir, fn):
+    for shard in sorted(model_dir.glob("pytorch_model-*.bin")):
+        state = torch.load(shard, weights_only=True)
+        fn(state)
+        torch.save(state, shard)
+
+
+def _logits_pair(tmp_path, rope_scaling):
+    """The same bfloat16 checkpoint (max_position_embeddings 16) loaded with and without its stored
+    inv_freq copies."""
+    spec = TinySpec(weights_dtype="bfloat16", max_position_embeddings=16, rope_scaling=rope_scaling)
+    with_copies = make_tiny_checkpoint(tmp_path / "with", spec)
+    without = make_tiny_checkpoint(tmp_path / "without", spec)
+    _edit_every_shard(without, lambda s: [s.pop(k) for k in [k for k in s if k.endswith(INV_FREQ)]])
+    return LlamaVid.from_pretrained(with_copies), LlamaVid.from_pretrained(without), with_copies
+
+
+def test_linear_rope_rotates_longer_prompts_with_the_stored_frequencies(tmp_path):
+    m, exact, model_dir = _logits_pair(tmp_path, {"type": "linear", "factor": 2.0})
+    embeds = torch.randn(40, 64, generator=torch.Generator().manual_seed(0))
+    # up to max_position_embeddings: the exact frequencies (4.31 built that cache at construction)
+    torch.testing.assert_close(m.logits(embeds[:16]), exact.logits(embeds[:16]), rtol=0, atol=0)
+    # longer: every position, from the first, rotates with the checkpoint's bfloat16 copy / factor
+    long_logits = m.logits(embeds)
+    assert (long_logits[:16] - exact.logits(embeds)[:16]).abs().max() > 1e-4
+    stored = next(v for shard in model_dir.glob("pytorch_model-*.bin")
+                  for k, v in torch.load(shard, weights_only=True).items() if k.endswith(INV_FREQ))
+    assert stored.dtype == torch.bfloat16
+    rotary = exact.model.language_model.model.rotary_emb  # reference: exact model, frequencies replaced
+    rotary.inv_freq = rotary.original_inv_freq = stored.float() / 2
+    torch.testing.assert_close(long_logits, exact.logits(embeds), rtol=0, atol=0)
+
+
+def test_dynamic_rope_never_uses_the_stored_frequencies(tmp_path):
+    m, exact, _ = _logits_pair(tmp_path, {"type": "dynamic", "factor": 2.0})
+    embeds = torch.randn(40, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(m.logits(embeds), exact.logits(embeds), rtol=0, atol=0)
+
+
+def test_stored_frequencies_that_differ_between_layers_are_named(tiny_root):
+    def change_layer_1(state):
+        if f"model.layers.1.{INV_FREQ}" in state:
+            state[f"model.layers.1.{INV_FREQ}"] = state[f"model.layers.1.{INV_FREQ}"] * 1.01
+    _edit_every_shard(tiny_root / "model", change_layer_1)
+    with pytest.raises(CheckpointError, match=r"inv_freq is different in layers \[1\] from layer 0"):
+        LlamaVid.from_pretrained(tiny_root / "model")
