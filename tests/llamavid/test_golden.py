@@ -79,7 +79,14 @@ def test_frame_tokens_ids_embeds_logits_greedy(golden, model, path, qi):
     close(embeds, t[f"inputs_embeds_{path}_q{qi}"])
     close(model.logits(embeds), t[f"logits_{path}_q{qi}"])
     expected_new = out[f"q{qi}"]["greedy_new_ids"]
-    assert model.generate(embeds, max_new_tokens=len(expected_new)) == expected_new
+    steps = []  # next-token logits of every decoding step, as the LM head computes them
+    hook = model.model.language_model.lm_head.register_forward_hook(lambda mod, args, out: steps.append(out[0, -1]))
+    try:
+        assert model.generate(embeds, max_new_tokens=len(expected_new)) == expected_new
+    finally:
+        hook.remove()
+    if f"greedy_logits_{path}_q{qi}" in t:  # sets whose decoding crosses max_position_embeddings (D, E)
+        close(torch.stack(steps), t[f"greedy_logits_{path}_q{qi}"])
 
 
 @pytest.mark.parametrize("qi", [0, 1])
