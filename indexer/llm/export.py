@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # transformers' default shard size ("5GB")
 _LLAMA_KEY = re.compile(r"^(model\.embed_tokens\.|model\.layers\.\d+\.|model\.norm\.|lm_head\.)")
-_BUFFER_KEY = re.compile(r"\.rotary_emb\.inv_freq$")  # recomputed by every loader
+_BUFFER_KEY = re.compile(r"\.rotary_emb\.inv_freq$")  # vLLM computes exact frequencies (vllm_backend)
 _DROPPED_GROUPS = [(re.compile(r"^model\.vision_tower\."), "model.vision_tower.*"),
                    (re.compile(r"^model\.mm_projector\."), "model.mm_projector.*"),
                    (re.compile(r"^model\.vlm_att_"), "model.vlm_att_*"),

@@ -16,6 +16,8 @@ Known difference: for `rope_scaling` type "dynamic", vLLM computes the NTK base 
 whole scaled length (max_position_embeddings x factor), while transformers (and the official
 LLaMA-VID) keep the trained base up to max_position_embeddings and grow it with the sequence.
 Greedy answers of a dynamic-rope checkpoint can therefore differ between vLLM and transformers.
+Likewise, on a prompt longer than max_position_embeddings the official model (and `LlamaVid`)
+rotates with the half-precision `inv_freq` stored in the shards, vLLM with exact frequencies.
 """
 
 from __future__ import annotations
