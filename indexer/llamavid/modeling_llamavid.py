@@ -20,7 +20,6 @@ from indexer.llamavid.modeling_qformer import QFormerTextQueries
 from indexer.llamavid.modeling_vision import EvaVisionTower
 from indexer.llamavid.tokenization import IMAGE_TOKEN_INDEX
 
-
 # What a role builds, each part holding the one before it:
 #   "encoder": frames to frame tokens (vision tower, Q-Former, context attention, content projector);
 #   "prompt":  and the LLM's token embedding table, for prompt embeddings an LLM served elsewhere
