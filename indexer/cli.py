@@ -223,8 +223,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
             settings = load_settings(args.config).model
             model_dir = settings.model_dir
-            model = LlamaVid.from_pretrained(model_dir, settings.vision_tower, settings.image_processor,
-                                             settings.qformer, device=settings.device, dtype=settings.torch_dtype)
+            model = LlamaVid.from_settings(settings)
         else:
             model_dir = make_tiny_checkpoint(tmp)
             model = LlamaVid.from_pretrained(model_dir)

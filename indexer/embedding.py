@@ -58,16 +58,24 @@ class ImageTextEmbedder:
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
-def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_size: int = 32, seed: int = 0) -> Path:
-    """A tiny random CLIP (model, PIL image processor, character-level tokenizer) for tests and demos."""
+# openai/clip-vit-large-patch14's image tower (the default retrieval embedding), for benchmarks
+CLIP_VIT_L14_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14)
+
+
+def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_size: int = 32, seed: int = 0,
+                   vision_config: dict | None = None) -> Path:
+    """A tiny random CLIP (model, PIL image processor, character-level tokenizer) for tests and demos.
+    `vision_config` replaces the image tower's sizes (e.g. `CLIP_VIT_L14_VISION`; its image_size wins)."""
     torch.manual_seed(seed)
+    vision = vision_config or dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   image_size=image_size, patch_size=8)
+    image_size = vision["image_size"]
     config = CLIPConfig(
         text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
                          pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=image_size, patch_size=8),
-        projection_dim=projection_dim)
+        vision_config=vision, projection_dim=projection_dim)
     out = Path(out_dir)
     CLIPModel(config).save_pretrained(out)
     CLIPImageProcessorPil(size={"shortest_edge": image_size},
@@ -81,4 +89,4 @@ def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_s
     return out
 
 
-__all__ = ["ImageTextEmbedder", "make_tiny_clip"]
+__all__ = ["CLIP_VIT_L14_VISION", "ImageTextEmbedder", "make_tiny_clip"]

@@ -14,6 +14,7 @@ from PIL import Image
 from indexer.batches import EncodedBatch, FrameBatch
 from indexer.embedding import ImageTextEmbedder
 from indexer.llamavid import LlamaVid
+from indexer.llamavid.modeling_llamavid import part_of
 from indexer.settings import Settings
 from indexer.store.manifest import Layout
 
@@ -29,9 +30,9 @@ class FrameEncoder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FrameEncoder":
+        """LLaMA-VID's encoder parts only (no LLM: an encoder never runs it) and the retrieval embedder."""
         m = settings.model
-        model = LlamaVid.from_pretrained(m.model_dir, m.vision_tower, m.image_processor, m.qformer,
-                                         device=m.device, dtype=m.torch_dtype)
+        model = LlamaVid.from_settings(m, parts="encoder")
         embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
         return cls(model, embedder, settings.index.thumbnail_width, settings.index.feature_format)
 
@@ -79,9 +80,13 @@ def jpeg_thumbnail(image: np.ndarray, width: int, quality: int = 80) -> bytes:
 
 
 def model_fingerprint(model: LlamaVid) -> str:
-    """Changes when the model's structure or weights change (a sample of every tensor's values)."""
+    """Changes when the model's structure or the weights of its encoder parts change (a sample of
+    every such tensor's values): the same for every `parts` a model is loaded with, so the query
+    side (with or without the LLM) can check it against what the encoders wrote."""
     digest = hashlib.sha1(repr(model.config).encode())
     for name, tensor in model.model.state_dict().items():
+        if part_of(name) != "encoder":
+            continue
         flat = tensor.detach().reshape(-1)
         digest.update(name.encode())
         digest.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())

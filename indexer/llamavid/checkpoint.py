@@ -13,14 +13,16 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
+from safetensors import safe_open
 
 from indexer.llamavid.configuration_llamavid import LlamaVidConfig, QFormerConfig, VisionTowerConfig
+from indexer.llamavid.modeling_llamavid import Parts, holds
 
 logger = logging.getLogger(__name__)
 
@@ -99,35 +101,48 @@ def _hub_download(repo_id: str, what: str, allow_patterns: list[str] | None = No
 
 
 # -- reading weights ------------------------------------------------------------------------------
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_safetensors(str(path))
-    # weights_only: a checkpoint is untrusted input and must not run pickled code
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def load_model_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a model folder: sharded with an index json, or a single file."""
+def weight_files(model_dir: Path) -> dict[str, Path]:
+    """Where each tensor of a model folder is: key -> file, from the shard index json when there is
+    one (no shard is opened), else from the single weights file's own key list."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_path = model_dir / index_name
         if index_path.is_file():
-            shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (model_dir / s).is_file()]
+            weight_map = json.loads(index_path.read_text()).get("weight_map") or {}
+            missing = sorted({s for s in weight_map.values() if not (model_dir / s).is_file()})
             if missing:
                 raise CheckpointError(f"{index_path} lists shards that are not in {model_dir}: {missing}")
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(_read_weights_file(model_dir / shard))
-            return state
+            return {key: model_dir / shard for key, shard in weight_map.items()}
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (model_dir / single).is_file():
-            return _read_weights_file(model_dir / single)
+            return dict.fromkeys(read_weights_file(model_dir / single), model_dir / single)
     raise CheckpointError(f"{model_dir} has no weights: expected pytorch_model.bin.index.json with its "
                           "pytorch_model-*.bin shards, model.safetensors(.index.json) or pytorch_model.bin")
 
 
+def read_weights_file(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file that `keep` accepts (None: all). Safetensors reads only
+    those; a .bin is memory-mapped, so the tensors left out are never read from disk."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
+    # weights_only: a checkpoint is untrusted input and must not run pickled code
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state if keep is None else {k: v for k, v in state.items() if keep(k)}
+
+
+def load_model_weights(model_dir: Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder (sharded with an index json, or a single file) that `keep`
+    accepts (None: all). Shards that hold none of them are not opened."""
+    files = weight_files(model_dir)
+    wanted = {file for key, file in files.items() if keep is None or keep(key)}
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(wanted):
+        state.update(read_weights_file(path, keep))
+    return state
+
+
 def load_eva_weights(path: Path) -> dict[str, torch.Tensor]:
-    state = _read_weights_file(path)
+    state = read_weights_file(path)
     state = state.get("model", state) if isinstance(state.get("model"), dict) else state
     if "patch_embed.proj.weight" not in state:
         state = {k.removeprefix("visual_encoder."): v for k, v in state.items()}
@@ -269,6 +284,21 @@ class ConvertedWeights:
     unknown: list[str] = field(default_factory=list)  # keys with no place in the model: reported
 
 
+def reads_official_key(parts: Parts) -> Callable[[str], bool]:
+    """Which keys of a release a model of `parts` reads: those renamed into its modules, and those
+    with no place in any part (so that `load_into` reports them); never the keys that the official
+    loader also skips."""
+    def keep(key: str) -> bool:
+        if _INV_FREQ_KEY.match(key):  # the LLM's rotary embedding reads them (stored_rope_frequencies)
+            return parts == "all"
+        if _IGNORED_KEYS.search(key):
+            return False
+        new_key = _rename(key, _LLM_RENAMES)
+        return new_key is None or holds(parts, new_key)
+
+    return keep
+
+
 def convert_official_weights(llm_state: dict[str, torch.Tensor], eva_state: dict[str, torch.Tensor],
                              config: LlamaVidConfig) -> ConvertedWeights:
     out = ConvertedWeights({})
@@ -349,6 +379,7 @@ def load_into(model: torch.nn.Module, weights: ConvertedWeights, source: str) ->
 
 
 __all__ = ["CheckpointError", "ProcessorSettings", "ConvertedWeights", "resolve_model_dir", "resolve_asset",
-           "resolve_qformer_dir", "read_bert_config", "load_model_weights", "load_eva_weights", "read_processor_settings",
+           "resolve_qformer_dir", "read_bert_config", "weight_files", "read_weights_file", "load_model_weights",
+           "load_eva_weights", "read_processor_settings", "reads_official_key",
            "build_config", "convert_official_weights", "stored_rope_frequencies", "load_into", "BUNDLED_PROCESSORS", "EVA_VIT_G_URL",
            "DEFAULT_QFORMER"]

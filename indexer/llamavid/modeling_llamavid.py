@@ -7,6 +7,8 @@ pooling -> content projector -> the LLM.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM
@@ -19,20 +21,61 @@ from indexer.llamavid.modeling_rope import LlamaVidRotaryEmbedding
 from indexer.llamavid.modeling_vision import EvaVisionTower
 from indexer.llamavid.tokenization import IMAGE_TOKEN_INDEX
 
+# What a role builds, each part holding the one before it:
+#   "encoder": frames to frame tokens (vision tower, Q-Former, context attention, content projector);
+#   "prompt":  and the LLM's token embedding table, for prompt embeddings an LLM served elsewhere
+#              (vLLM) answers;
+#   "all":     and the LLM itself.
+Parts = Literal["encoder", "prompt", "all"]
+PARTS: tuple[Parts, ...] = ("encoder", "prompt", "all")
 
-class LlamaVidModel(nn.Module):
+
+def part_of(key: str) -> Parts:
+    """The smallest part whose model holds the state-dict key `key`."""
+    if key.startswith("language_model.model.embed_tokens."):
+        return "prompt"
+    return "all" if key.startswith("language_model.") else "encoder"
+
+
+def holds(parts: Parts, key: str) -> bool:
+    """Whether a model built with `parts` has the state-dict key `key`."""
+    return PARTS.index(part_of(key)) <= PARTS.index(parts)
+
+
+class LlamaTokenEmbeddings(nn.Module):
+    """Only the LLM's input embedding table, under the names `LlamaForCausalLM` gives it
+    (`model.embed_tokens`), so that a "prompt" model's keys are those of the full one."""
+
     def __init__(self, config: LlamaVidConfig):
         super().__init__()
+        llm_config = config.llm_config()
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(llm_config.vocab_size, llm_config.hidden_size, llm_config.pad_token_id)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+
+class LlamaVidModel(nn.Module):
+    def __init__(self, config: LlamaVidConfig, parts: Parts = "all"):
+        super().__init__()
+        if parts not in PARTS:
+            raise ValueError(f"parts must be one of {PARTS}, got {parts!r}")
         self.config = config
+        self.parts = parts
         self.vision_tower = EvaVisionTower(config.vision)
         self.text_queries = QFormerTextQueries(config)
         self.context_attention = ContextAttention(config)
         self.content_pooling = ContentPooling(config)
         self.content_projector = ContentProjector(config)
-        llm_config = config.llm_config()
-        llm_config._attn_implementation = "sdpa"
-        self.language_model = LlamaForCausalLM(llm_config)
-        self.language_model.model.rotary_emb = LlamaVidRotaryEmbedding(llm_config)  # official beyond max_position_embeddings
+        self.language_model: LlamaForCausalLM | LlamaTokenEmbeddings | None = None
+        if parts == "all":
+            llm_config = config.llm_config()
+            llm_config._attn_implementation = "sdpa"
+            self.language_model = LlamaForCausalLM(llm_config)
+            self.language_model.model.rotary_emb = LlamaVidRotaryEmbedding(llm_config)  # official beyond max_position_embeddings
+        elif parts == "prompt":
+            self.language_model = LlamaTokenEmbeddings(config)
 
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: (T, 3, S, S) -> (T, 1 + N, C)
@@ -98,4 +141,4 @@ class LlamaVidModel(nn.Module):
         return self.language_model(inputs_embeds=inputs_embeds[None], use_cache=False).logits[0]
 
 
-__all__ = ["LlamaVidModel"]
+__all__ = ["LlamaVidModel", "LlamaTokenEmbeddings", "Parts", "PARTS", "part_of", "holds"]

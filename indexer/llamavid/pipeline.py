@@ -1,6 +1,6 @@
 """`LlamaVid`: an official LLaMA-VID checkpoint loaded for inference, from frames to answers.
 
-    m = LlamaVid.from_pretrained(model_dir)
+    m = LlamaVid.from_pretrained(model_dir)      # parts="encoder" / "prompt": less of it (see below)
     pixel_values = m.preprocess(frames)            # uint8 [T,H,W,3] -> float [T,3,S,S]
     features = m.encode_frames(pixel_values)       # [T, 1+N, C], CLS first
     tokens = m.frame_tokens(features, question)    # [T, 1+P, D]: context token, then P content tokens
@@ -11,6 +11,11 @@
     logits = m.logits(embeds)                      # [L', vocab]
     new_ids = m.generate(embeds, max_new_tokens=64)
     text = m.answer(question, features)
+
+A role that needs less loads less: `parts="encoder"` builds the vision tower, Q-Former, context
+attention and content projector only (frames to frame tokens), `parts="prompt"` adds the LLM's
+token embedding table (prompt embeddings for an LLM served elsewhere). Only the tensors those
+parts use are read from the release's files; the numbers are those of the full model.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -31,8 +36,11 @@ from indexer.llamavid import checkpoint as ckpt
 from indexer.llamavid.configuration_llamavid import LlamaVidConfig
 from indexer.llamavid.conversation import (Conversation, first_user_message, get_template, movie_frames_text,
                                            video_frames_text)
-from indexer.llamavid.modeling_llamavid import LlamaVidModel
+from indexer.llamavid.modeling_llamavid import PARTS, LlamaVidModel, Parts
 from indexer.llamavid.tokenization import LlamaPromptTokenizer, load_qformer_tokenizer, qformer_inputs
+
+if TYPE_CHECKING:
+    from indexer.settings import ModelSettings
 
 PromptMode = Literal["video", "movie"]
 
@@ -53,22 +61,27 @@ class LlamaVid:
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, vision_tower: str | os.PathLike | None = None,
                         image_processor: str | os.PathLike | None = None, qformer: str | os.PathLike | None = None,
-                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "LlamaVid":
+                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        parts: Parts = "all") -> "LlamaVid":
         """Load an official release folder (or hub repo id). `vision_tower`, `image_processor` and
-        `qformer` override the paths that config.json names (None: as config.json says)."""
+        `qformer` override the paths that config.json names (None: as config.json says). `parts`:
+        "all", or "encoder" / "prompt" to build and read only what that role uses."""
+        if parts not in PARTS:
+            raise ValueError(f"parts must be one of {PARTS}, got {parts!r}")
         model_dir = ckpt.resolve_model_dir(model_dir)
         assets = resolve_assets(model_dir, vision_tower, image_processor, qformer)
-        llm_state = ckpt.load_model_weights(model_dir)
+        llm_state = ckpt.load_model_weights(model_dir, keep=ckpt.reads_official_key(parts))
         eva_state = ckpt.load_eva_weights(assets.vision_tower)
         config = read_llamavid_config(model_dir, assets, llm_state, eva_state)
 
         with torch.device("meta"):
-            model = LlamaVidModel(config)
+            model = LlamaVidModel(config, parts)
         model = model.to(dtype=dtype).to_empty(device=device)
         weights = ckpt.convert_official_weights(llm_state, eva_state, config)
         ckpt.load_into(model, weights, str(model_dir))
         _init_non_persistent_buffers(model, device)
-        model.language_model.model.rotary_emb.use_checkpoint_frequencies(ckpt.stored_rope_frequencies(llm_state))
+        if parts == "all":
+            model.language_model.model.rotary_emb.use_checkpoint_frequencies(ckpt.stored_rope_frequencies(llm_state))
         del llm_state, eva_state, weights
 
         generation_file = model_dir / "generation_config.json"
@@ -76,6 +89,16 @@ class LlamaVid:
         return cls(model, CLIPImageProcessorPil.from_pretrained(str(assets.image_processor)),
                    LlamaPromptTokenizer.from_model_dir(model_dir), load_qformer_tokenizer(assets.qformer),
                    generation_defaults, model_dir)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, parts: Parts = "all") -> "LlamaVid":
+        """The model that a settings file's `model:` section names, with the parts a role uses."""
+        return cls.from_pretrained(settings.model_dir, settings.vision_tower, settings.image_processor,
+                                   settings.qformer, device=settings.device, dtype=settings.torch_dtype, parts=parts)
+
+    @property
+    def parts(self) -> Parts:
+        return self.model.parts
 
     @property
     def device(self) -> torch.device:
@@ -174,6 +197,7 @@ class LlamaVid:
     def inputs_embeds(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """[L', D]: text embeddings with the frame tokens ([T, 1+P, D], or flattened) spliced in at the
         placeholders."""
+        self._need("prompt", "inputs_embeds()")
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D [L], got shape {list(ids.shape)}")
         if tokens.ndim not in (2, 3) or tokens.shape[-1] != self.config.hidden_size:
@@ -189,6 +213,7 @@ class LlamaVid:
     @torch.inference_mode()
     def logits(self, embeds: torch.Tensor) -> torch.Tensor:
         """[L', vocab] next-token logits at every position."""
+        self._need("all", "logits()")
         return self.model.logits(self._check_embeds(embeds))
 
     @torch.inference_mode()
@@ -199,6 +224,7 @@ class LlamaVid:
         generation_config.json (temperature, top_p) unless `sampling` overrides them. `streamer` and
         `stopping_criteria` go to transformers' `generate` (the LLM backends time the first token
         and stop at stop strings with them)."""
+        self._need("all", "generate()")
         embeds = self._check_embeds(embeds)
         options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=self.tokenizer.eos_id,
                                    pad_token_id=self.generation_defaults.get("pad_token_id") or 0)
@@ -216,6 +242,7 @@ class LlamaVid:
     def answer(self, question: str, features: torch.Tensor, subtitles: dict[int, str] | None = None,
                max_new_tokens: int = 64, do_sample: bool = False, conv_mode: str = "vicuna_v1", **sampling) -> str:
         """Answer over frames with the movie prompt (long-video path; a leading CLS is dropped)."""
+        self._need("all", "answer()")
         self._check_features(features)
         if features.shape[1] == self.config.vision.num_patches + 1:
             features = features[:, 1:]
@@ -231,6 +258,12 @@ class LlamaVid:
         return ids.to(self.device), mask.to(self.device)
 
     # -- checks -----------------------------------------------------------------------------------
+    def _need(self, parts: Parts, what: str) -> None:
+        if PARTS.index(self.parts) < PARTS.index(parts):
+            either = "" if parts == "all" else " or 'all'"
+            raise RuntimeError(f"{what} needs the parts {parts!r} of LLaMA-VID, but {self.model_dir} was loaded "
+                               f"with parts={self.parts!r}; load it with parts={parts!r}{either}")
+
     def _check_features(self, features: torch.Tensor) -> None:
         width = self.config.vision.width
         if not isinstance(features, torch.Tensor) or features.ndim != 3 or features.shape[-1] != width \
@@ -318,6 +351,8 @@ def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.devic
     """Buffers that are computed, not stored (built on the meta device, so compute them now)."""
     embeddings = model.text_queries.qformer.embeddings
     embeddings.position_ids = torch.arange(embeddings.position_ids.shape[-1], device=device).expand(1, -1)
+    if model.parts != "all":
+        return
     rotary = model.language_model.model.rotary_emb
     fresh = type(rotary)(rotary.config)  # float32 frequencies, whatever the model dtype
     rotary.inv_freq = fresh.inv_freq.to(device)

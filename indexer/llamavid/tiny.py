@@ -41,6 +41,7 @@ class TinySpec:
     qformer_hidden: int = 64
     qformer_layers: int = 2
     qformer_heads: int = 4
+    qformer_intermediate: int | None = None  # None: 2 x qformer_hidden
     num_query: int = 16
     bert_type: str = "qformer_pretrain"
     compress_type: str | None = "mean"
@@ -50,6 +51,7 @@ class TinySpec:
     llm_heads: int = 4
     llm_kv_heads: int = 4
     llm_vocab: int = 600
+    llm_intermediate: int | None = None  # None: 2 x llm_hidden
     max_position_embeddings: int = 2048
     rope_scaling: dict | None = None
     weights_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -57,6 +59,26 @@ class TinySpec:
     processor_format: Literal["int", "dict"] = "int"
     shard_bytes: int = 2_000_000
     seed: int = 0
+
+
+def real_dims_spec(llm_layers: int = 1, **overrides) -> TinySpec:
+    """LLaMA-VID-7B's dimensions (EVA ViT-g 1408 wide, 39 blocks used, 224 px; BERT-base Q-Former,
+    32 queries; LLaMA-7B's width and MLP) in bfloat16, with `llm_layers` LLM layers (32 in the
+    release; the LLM's size is what a benchmark chooses). The vocabularies stay the tiny
+    tokenizers' (about 600 LLM pieces instead of 32,000)."""
+    return TinySpec(**{**dict(
+        vision_width=1408, vision_depth=39, image_size=224, qformer_hidden=768, qformer_layers=12, qformer_heads=12,
+        qformer_intermediate=3072, num_query=32, llm_hidden=4096, llm_layers=llm_layers, llm_heads=32,
+        llm_kv_heads=32, llm_intermediate=11008, max_position_embeddings=4096, weights_dtype="bfloat16",
+        shard_bytes=2_000_000_000), **overrides})
+
+
+def _llm_intermediate(spec: TinySpec) -> int:
+    return spec.llm_intermediate or 2 * spec.llm_hidden
+
+
+def _qformer_intermediate(spec: TinySpec) -> int:
+    return spec.qformer_intermediate or 2 * spec.qformer_hidden
 
 
 # -- tokenizers -----------------------------------------------------------------------------------
@@ -104,7 +126,7 @@ def write_bert_files(bert_dir: Path, spec: TinySpec) -> int:
     (bert_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
     (bert_dir / "config.json").write_text(json.dumps({
         "model_type": "bert", "hidden_size": spec.qformer_hidden, "num_hidden_layers": spec.qformer_layers,
-        "num_attention_heads": spec.qformer_heads, "intermediate_size": spec.qformer_hidden * 2,
+        "num_attention_heads": spec.qformer_heads, "intermediate_size": _qformer_intermediate(spec),
         "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
         "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
         "vocab_size": len(vocab), "position_embedding_type": "absolute"}, indent=2))
@@ -128,21 +150,27 @@ def write_processor(processor_dir: Path, spec: TinySpec) -> None:
 
 # -- weights ---------------------------------------------------------------------------------------
 class _Random:
-    """Random tensors scaled so that every stage carries signal through a few layers."""
+    """Random tensors scaled so that every stage carries signal through a few layers, drawn in
+    float32 and stored in `dtype` at once (a checkpoint of real dimensions never exists in float32)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, dtype: torch.dtype = torch.float32):
         self.gen = torch.Generator().manual_seed(seed)
+        self.dtype = dtype
 
-    def linear(self, out_f: int, in_f: int, bias: bool = True) -> dict[str, torch.Tensor]:
-        w = torch.randn(out_f, in_f, generator=self.gen) / math.sqrt(in_f)
-        return {"weight": w, "bias": 0.02 * torch.randn(out_f, generator=self.gen)} if bias else {"weight": w}
+    def linear(self, out_f: int, in_f: int, bias: bool = True, gain: float = 1.0) -> dict[str, torch.Tensor]:
+        w = (gain * (torch.randn(out_f, in_f, generator=self.gen) / math.sqrt(in_f))).to(self.dtype)
+        if not bias:
+            return {"weight": w}
+        return {"weight": w, "bias": (gain * (0.02 * torch.randn(out_f, generator=self.gen))).to(self.dtype)}
 
     def norm(self, width: int, bias: bool = True) -> dict[str, torch.Tensor]:
-        w = 1.0 + 0.1 * torch.randn(width, generator=self.gen)
-        return {"weight": w, "bias": 0.02 * torch.randn(width, generator=self.gen)} if bias else {"weight": w}
+        w = (1.0 + 0.1 * torch.randn(width, generator=self.gen)).to(self.dtype)
+        if not bias:
+            return {"weight": w}
+        return {"weight": w, "bias": (0.02 * torch.randn(width, generator=self.gen)).to(self.dtype)}
 
     def normal(self, *shape: int, std: float = 1.0) -> torch.Tensor:
-        return std * torch.randn(*shape, generator=self.gen)
+        return (std * torch.randn(*shape, generator=self.gen)).to(self.dtype)
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,8 +211,9 @@ def llamavid_state_dict(spec: TinySpec, rnd: _Random, qformer_vocab: int) -> dic
                             ("v_proj", spec.llm_kv_heads * head_dim), ("o_proj", hidden)):
             state |= _prefixed(f"{p}.self_attn.{name}", rnd.linear(out_f, hidden, bias=False))
         state[f"{p}.self_attn.rotary_emb.inv_freq"] = inv_freq
-        for name, (out_f, in_f) in (("gate_proj", (2 * hidden, hidden)), ("up_proj", (2 * hidden, hidden)),
-                                    ("down_proj", (hidden, 2 * hidden))):
+        inter = _llm_intermediate(spec)
+        for name, (out_f, in_f) in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)),
+                                    ("down_proj", (hidden, inter))):
             state |= _prefixed(f"{p}.mlp.{name}", rnd.linear(out_f, in_f, bias=False))
         state |= _prefixed(f"{p}.input_layernorm", rnd.norm(hidden, bias=False))
         state |= _prefixed(f"{p}.post_attention_layernorm", rnd.norm(hidden, bias=False))
@@ -203,7 +232,7 @@ def llamavid_state_dict(spec: TinySpec, rnd: _Random, qformer_vocab: int) -> dic
     state[f"{bert}.embeddings.word_embeddings.weight"] = rnd.normal(qformer_vocab, qh, std=0.5)
     state[f"{bert}.embeddings.position_embeddings.weight"] = rnd.normal(512, qh, std=0.5)
     state |= _prefixed(f"{bert}.embeddings.LayerNorm", rnd.norm(qh))
-    inter = 2 * qh
+    inter = _qformer_intermediate(spec)
     for i in range(spec.qformer_layers):
         p = f"{bert}.encoder.layer.{i}"
         for part, kv_width in [("attention", qh)] + ([("crossattention", visual)] if i % 2 == 0 else []):
@@ -218,8 +247,8 @@ def llamavid_state_dict(spec: TinySpec, rnd: _Random, qformer_vocab: int) -> dic
             state |= _prefixed(f"{p}.output{suffix}.LayerNorm", rnd.norm(qh))
     state["model.vlm_att_query"] = rnd.normal(1, spec.num_query, qh, std=0.5)
     # sharper context attention than 1/sqrt(fan_in) weights would give, so the scores are not uniform
-    state |= _prefixed("model.vlm_att_projector", {k: 4 * v for k, v in rnd.linear(width, qh).items()})
-    state |= _prefixed("model.vlm_att_key_projector", {k: 4 * v for k, v in rnd.linear(width, width).items()})
+    state |= _prefixed("model.vlm_att_projector", rnd.linear(width, qh, gain=4))
+    state |= _prefixed("model.vlm_att_key_projector", rnd.linear(width, width, gain=4))
     state |= _prefixed("model.vlm_att_val_projector", rnd.linear(hidden, width))
     if pretrained:
         state |= _prefixed("model.vlm_att_ln", rnd.norm(visual))
@@ -261,8 +290,8 @@ def make_tiny_checkpoint(root: str | Path, spec: TinySpec = TinySpec()) -> Path:
     root = Path(root)
     model_dir = root / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    rnd = _Random(spec.seed)
     dtype = getattr(torch, spec.weights_dtype)
+    rnd = _Random(spec.seed, dtype)
 
     write_llama_tokenizer(model_dir, spec.llm_vocab)
     vocab = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model")).get_piece_size()
@@ -284,7 +313,7 @@ def make_tiny_checkpoint(root: str | Path, spec: TinySpec = TinySpec()) -> Path:
     (model_dir / "config.json").write_text(json.dumps({
         "architectures": ["LlavaLlamaAttForCausalLM"], "model_type": "llava", "bert_type": spec.bert_type,
         "compress_type": spec.compress_type, "num_query": spec.num_query, "hidden_act": "silu",
-        "hidden_size": spec.llm_hidden, "intermediate_size": 2 * spec.llm_hidden,
+        "hidden_size": spec.llm_hidden, "intermediate_size": _llm_intermediate(spec),
         "num_hidden_layers": spec.llm_layers, "num_attention_heads": spec.llm_heads,
         "num_key_value_heads": spec.llm_kv_heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
         "max_position_embeddings": spec.max_position_embeddings, "max_token": 2048, "rope_scaling": spec.rope_scaling,
@@ -299,4 +328,4 @@ def make_tiny_checkpoint(root: str | Path, spec: TinySpec = TinySpec()) -> Path:
     return model_dir
 
 
-__all__ = ["TinySpec", "make_tiny_checkpoint"]
+__all__ = ["TinySpec", "make_tiny_checkpoint", "real_dims_spec"]

@@ -10,6 +10,9 @@ language model:
 | `vllm`         | vLLM in this process, on the exported LLaMA folder  | a GPU, `pip install vllm`    |
 | `vllm-server`  | a `vllm serve` process, over HTTP                   | the server's URL             |
 
+With the vLLM backends the query side loads `LlamaVid` with `parts="prompt"` (`llm_parts`): no
+LLM layers beside vLLM's, only the token embedding table the prompt embedding is made from.
+
 Serving the LLM with vLLM (the exported folder is a plain LLaMA that vLLM loads as is):
 
     vidx export-llm work/model work/llm
@@ -36,6 +39,7 @@ import torch
 
 if TYPE_CHECKING:  # keep `import indexer.llm` light: the pipeline pulls in the whole model stack
     from indexer.llamavid import LlamaVid
+    from indexer.llamavid.modeling_llamavid import Parts
     from indexer.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +110,12 @@ def check_request(model: LlamaVid, embeds: torch.Tensor, max_new_tokens: int, st
         raise ValueError(f"stop must be a list of non-empty strings (or None), got {stop!r}")
 
 
+def llm_parts(settings: LLMSettings) -> Parts:
+    """The parts of LLaMA-VID a backend needs loaded: the transformers backend runs its LLM; the
+    vLLM ones run their own copy and need only the token embedding table for the prompt."""
+    return "all" if settings.backend == "transformers" else "prompt"
+
+
 def make_backend(settings: LLMSettings, model: LlamaVid) -> LLMBackend:
     """The backend `settings.backend` names. `model` is the loaded LLaMA-VID: the transformers
     backend runs its language model; every backend decodes with its tokenizer and checks shapes
@@ -125,4 +135,4 @@ def make_backend(settings: LLMSettings, model: LlamaVid) -> LLMBackend:
     raise ValueError(f"unknown llm.backend {settings.backend!r}; use 'transformers', 'vllm' or 'vllm-server'")
 
 
-__all__ = ["Generation", "LLMBackend", "LLMBackendError", "cut_at_stop", "make_backend"]
+__all__ = ["Generation", "LLMBackend", "LLMBackendError", "cut_at_stop", "llm_parts", "make_backend"]

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -115,7 +114,11 @@ def export_llm(model_dir: str | os.PathLike, out_dir: str | os.PathLike, force: 
     out = Path(out_dir).expanduser()
     _check_out_dir(source, out, force)
     release_config = _read_release_config(source)
-    files, keys = _weight_files_and_keys(source)
+    try:
+        where = ckpt.weight_files(source)
+    except ckpt.CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    files, keys = sorted(set(where.values())), list(where)
     if not any(k.startswith("model.vlm_att_") for k in keys):
         raise ExportError(f"{source} is not a LLaMA-VID checkpoint: its weights have no model.vlm_att_* (Q-Former) "
                           "keys. A plain LLaMA folder needs no export: serve it with vLLM as it is")
@@ -197,40 +200,9 @@ def _dropped_group(key: str) -> str:
     return ".".join(key.split(".")[:2]) + ".*"
 
 
-# -- reading the release's weights, one file at a time --------------------------------------------
-def _weight_files_and_keys(source: Path) -> tuple[list[Path], list[str]]:
-    """The weight files of a release (as checkpoint.load_model_weights finds them) and every key,
-    from the index when there is one."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index_path = source / index_name
-        if index_path.is_file():
-            weight_map = json.loads(index_path.read_text()).get("weight_map") or {}
-            files = [source / name for name in sorted(set(weight_map.values()))]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise ExportError(f"{index_path} lists shards that are not in {source}: {missing}")
-            return files, list(weight_map)
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (source / single).is_file():
-            return [source / single], list(_read_tensors(source / single, None))
-    raise ExportError(f"{source} has no weights: expected pytorch_model.bin.index.json with its "
-                      "pytorch_model-*.bin shards, model.safetensors(.index.json) or pytorch_model.bin")
-
-
-def _read_tensors(path: Path, keep: set[str] | None) -> dict[str, torch.Tensor]:
-    """Tensors of one weight file (`keep`: only these keys). Safetensors reads only the kept keys;
-    .bin is memory-mapped, so the tensors not kept are never read from disk."""
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if keep is None or k in keep}
-    # weights_only: a checkpoint is untrusted input and must not run pickled code
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: v for k, v in state.items() if keep is None or k in keep}
-
-
 def _weights_dtype(files: list[Path], key: str) -> torch.dtype:
     for path in files:
-        tensor = _read_tensors(path, {key}).get(key)
+        tensor = ckpt.read_weights_file(path, keep={key}.__contains__).get(key)
         if tensor is not None:
             return tensor.dtype
     raise ExportError(f"no file of the release holds {key}")
@@ -250,7 +222,7 @@ def _write_shards(files: list[Path], keep: set[str], expected: dict[str, tuple[i
         part.clear()  # releases the tensors (and the .bin memory maps they came from)
 
     for path in files:
-        for key, tensor in _read_tensors(path, keep).items():
+        for key, tensor in ckpt.read_weights_file(path, keep=keep.__contains__).items():
             if tuple(tensor.shape) != expected[key]:
                 raise ExportError(f"{path.name}: {key} has shape {tuple(tensor.shape)}, but the release's "
                                   f"config.json makes it {expected[key]}")

@@ -34,6 +34,7 @@ class FirstTokenTimer(BaseStreamer):
             self._prompt_seen = True
             return
         if self.first_token_at is None:
+            value.cpu()  # on a GPU, wait until the token exists: generate's kernels run asynchronously
             self.first_token_at = time.perf_counter()
 
     def end(self) -> None:

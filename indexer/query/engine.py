@@ -21,7 +21,7 @@ from indexer.embedding import ImageTextEmbedder
 from indexer.encoding import model_fingerprint
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.conversation import get_template
-from indexer.llm.base import LLMBackend, make_backend
+from indexer.llm.base import LLMBackend, llm_parts, make_backend
 from indexer.query.answer import Answer, Citation
 from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
 from indexer.query.prompt import (PromptFrame, PromptSpan, Turn, conversation_prompt, span_header, time_label,
@@ -60,8 +60,7 @@ class QueryEngine:
                 raise FileNotFoundError(f"{saved} not found: pass the settings the index was built with (--config)")
             settings = load_settings(saved)
         m = settings.model
-        model = LlamaVid.from_pretrained(m.model_dir, m.vision_tower, m.image_processor, m.qformer,
-                                         device=m.device, dtype=m.torch_dtype)
+        model = LlamaVid.from_settings(m, parts=llm_parts(settings.llm))
         embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
         layout = index.layout
         if layout is not None:

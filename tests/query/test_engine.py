@@ -113,3 +113,26 @@ def test_vidx_ask_prints_the_answer_and_its_citations_as_json(tiny_index, capsys
         assert all(rows[i]["stream_id"] == "a" and 1.0 <= rows[i]["pts_s"] <= 5.0 for i in citation["frame_ids"])
     assert main(["ask", str(tiny_index.root), "what?", "--stream", "zz"]) == 2
     assert "zz" in capsys.readouterr().err
+
+
+def test_with_a_vllm_server_the_engine_holds_no_llm_layers_and_answers_the_same(engine, tiny_index, tmp_path):
+    """llm.backend vllm-server (here the OpenAI-compatible stand-in for `vllm serve`, running the
+    exported LLM): the engine loads LLaMA-VID's encoder parts and token embeddings only."""
+    from indexer.llm.export import export_llm
+    from indexer.settings import LLMSettings
+    from tests.llm.openai_server import CompletionsServer
+
+    llm_dir = export_llm(tiny_index.settings.model.model_dir, tmp_path / "llm").out_dir
+    with CompletionsServer(llm_dir) as server:
+        settings = tiny_index.settings.model_copy(update={"llm": LLMSettings(backend="vllm-server", url=server.url)})
+        served = QueryEngine.open(tiny_index.root, settings)  # the index's model fingerprint checks out
+        try:
+            keys = served.model.model.state_dict()
+            assert served.model.parts == "prompt" and "language_model.model.embed_tokens.weight" in keys
+            assert not [k for k in keys if k.startswith("language_model.") and "embed_tokens" not in k]
+            question = "what is shown?"
+            expected, answer = engine.ask(question), served.ask(question)
+            assert (answer.text, answer.citations, answer.prompt_tokens) == \
+                (expected.text, expected.citations, expected.prompt_tokens)
+        finally:
+            served.close()
