@@ -215,5 +215,14 @@ def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQu
     raise KeyError(f"no standing query {query_id!r} in {root}; have: {sorted(q.id for q in queries) or 'none'}")
 
 
-__all__ = ["MONITOR_DIR", "QUERY_ID", "WEBHOOK_URL", "RULES", "RULE_MIN_DURATION_S", "QueryStore", "StandingQuery", "Webhook",
-           "check_webhook_address"]
+__all__ = [
+    "MONITOR_DIR",
+    "QUERY_ID",
+    "RULES",
+    "RULE_MIN_DURATION_S",
+    "WEBHOOK_URL",
+    "QueryStore",
+    "StandingQuery",
+    "Webhook",
+    "check_webhook_address",
+]

@@ -31,7 +31,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
             width, height = img.size
             if width * height > max_pixels:
                 raise ValueError(f"the image is {width}x{height} = {width * height:,} pixels, over the "
-                                 f"{max_pixels:,} allowed; send a smaller one")
+                                 f"{max_pixels:,} pixels allowed; send a smaller one")
             shrink = MAX_DECODED_SIDE / max(1, min(width, height))
             if shrink < 1:  # JPEG: decoded at 1/2, 1/4 or 1/8 scale (draft), then resized
                 img.thumbnail((max(1, round(width * shrink)), max(1, round(height * shrink))))

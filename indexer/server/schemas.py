@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from indexer.monitor.queries import QUERY_ID, RULES, WEBHOOK_URL
 
@@ -31,6 +31,12 @@ MAX_IMAGE_PIXELS = 4096 * 4096   # width x height, read from the image's header 
 # JSON-schema pattern: a character that is not white space as str.strip() sees it (spelled out:
 # regex engines differ on what \s matches, and the server strips what it is sent)
 NOT_BLANK = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+def _integral(value: Any) -> Any:
+    """1.0 -> 1: JSON schema's integer takes a number with no fraction (strict mode would not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Count = Annotated[int, Field(ge=1), BeforeValidator(_integral)]  # in this order: the schema says minimum
 StreamIds = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STREAM_ID_CHARS)]],
                       Field(min_length=1, max_length=MAX_STREAM_IDS)]
 
@@ -75,13 +81,13 @@ class AskRequest(Filters):
     history: list[TurnModel] = Field(default_factory=list, max_length=MAX_HISTORY_TURNS,
                                      description="earlier turns of this conversation (the `history` of the "
                                                  "previous answer)")
-    k: int | None = Field(None, ge=1, description="frames to retrieve (default: query.k; at most query.max_k)")
+    k: Count | None = Field(None, description="frames to retrieve (default: query.k; at most query.max_k)")
 
 
 class SearchFields(Filters):
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK,
                              description="what the frames should show, in words")
-    k: int | None = Field(None, ge=1, description="hits to return (default: query.k; at most query.max_k)")
+    k: Count | None = Field(None, description="hits to return (default: query.k; at most query.max_k)")
 
 
 class SearchRequest(SearchFields):

@@ -11,11 +11,9 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 from PIL import Image
 
 from indexer.server.schemas import MAX_IMAGE_PIXELS, MAX_JSON_BODY_BYTES
+from tests.mediagen import png_bomb
 
 TOKEN = "hostile-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -100,20 +99,6 @@ def _length(reply: bytes) -> int:
     return 0
 
 
-def png_bomb(side: int) -> bytes:
-    """A real PNG of side x side black 1-bit pixels: a few hundred KB that would decode to side^2
-    bytes of RGB times three."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then the row's bits
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.compress(row * (side % 1000))
-    idat += packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 @pytest.fixture(scope="module")
 def big_jpeg() -> bytes:
     out = io.BytesIO()
@@ -145,11 +130,11 @@ def test_a_100_mb_question_is_refused_at_once_without_reading_it(server):
 
 
 def test_texts_and_histories_over_their_bounds_name_the_bound(server):
+    turns_21 = [{"question": "a", "answer": "b"}] * 21
+    long_answer = [{"question": "a", "answer": "b" * 16001}]
     cases = [({"question": "x" * 2001}, "question: String should have at most 2000 characters"),
-             ({"question": "q", "history": [{"question": "a", "answer": "b"}] * 21}, "history: List should have at "
-                                                                                      "most 20 items"),
-             ({"question": "q", "history": [{"question": "a", "answer": "b" * 16001}]}, "history.0.answer: String "
-                                                                                         "should have at most 16000"),
+             ({"question": "q", "history": turns_21}, "history: List should have at most 20 items"),
+             ({"question": "q", "history": long_answer}, "history.0.answer: String should have at most 16000"),
              ({"question": "   "}, "question: String should match pattern")]
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
         for body, words in cases:
@@ -177,7 +162,7 @@ def test_a_decompression_bomb_and_a_12000x12000_jpeg_are_refused_from_their_head
             response = send()
             elapsed = time.monotonic() - started
             assert response.status_code == 400, (name, response.text)
-            assert f"over the {MAX_IMAGE_PIXELS:,} allowed" in response.json()["detail"], (name, response.text)
+            assert f"over the {MAX_IMAGE_PIXELS:,} pixels allowed" in response.json()["detail"], (name, response.text)
             assert elapsed < ANSWER_BOUND_S, (name, elapsed)
     assert server.rss_mb() - before < RSS_GROWTH_BOUND_MB, (before, server.rss_mb())
 
@@ -202,5 +187,5 @@ def test_schemathesis_with_every_check_passes(server, tmp_path):
     run = subprocess.run([st, "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
                           f"{server.url}/openapi.json", "--checks", "all", "--max-time", "90", "--max-examples", "25",
                           "--workers", "1", "--header", f"Authorization: Bearer {TOKEN}", "--seed", "1"],
-                         capture_output=True, text=True, timeout=220, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=220, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
