@@ -13,8 +13,8 @@ from indexer.media.source import redact_query, redact_text, redact_uri
     ("https://ghp_0123@github.com/x.mp4", "https://***@github.com/x.mp4"),      # a bare user name: often a token
     ("https://bucket.example/v.mp4?X-Amz-Credential=c&X-Amz-Signature=s&v=2",
      "https://bucket.example/v.mp4?X-Amz-Credential=***&X-Amz-Signature=***&v=2"),
-    ("https://h/v.mp4?api%5Fkey=k&sig=s&password=p&access_token=t&auth=a", "https://h/v.mp4?api%5Fkey=***&sig=***&"
-                                                                            "password=***&access_token=***&auth=***"),
+    ("https://h/v.mp4?api%5Fkey=k&sig=s&password=p&access_token=t&auth=a",
+     "https://h/v.mp4?api%5Fkey=***&sig=***&password=***&access_token=***&auth=***"),
     ("https://h/v.mp4?t=10&fmt=mp4", "https://h/v.mp4?t=10&fmt=mp4"),           # nothing secret: unchanged
     ("udp://0.0.0.0:5000?fifo_size=1", "udp://0.0.0.0:5000?fifo_size=1"),
     ("/data/cams/gate.mp4", "/data/cams/gate.mp4"),                             # a path: unchanged
