@@ -105,7 +105,12 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+    from indexer.monitor.queries import (
+        QueryStore,
+        StandingQuery,
+        Webhook,
+        check_webhook_address,
+    )
 
     root = Path(args.index).expanduser()
     if not root.is_dir():
@@ -115,6 +120,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         kind = args.rule.replace("-", "_") if args.rule else "condition"
         if (kind == "condition") == (args.condition is None):
             raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
+        for url in args.webhook or []:
+            check_webhook_address(url, allow_private=args.allow_private)
         secret = {"secret": args.secret} if args.secret else {}
         query = StandingQuery(
             id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=args.stream or [],
@@ -173,6 +180,9 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                      help="seconds an event must last (default: 2 for black, 3 for frozen, else 0)")
     add.add_argument("--webhook", action="append", help="POST alerts to this URL (repeat for several)")
     add.add_argument("--secret", help="HMAC secret for the webhooks (default: a random one, printed once)")
+    add.add_argument("--allow-private", action="store_true",
+                     help="allow webhooks to loopback, private and link-local addresses (a receiver on this machine "
+                          "or the local network)")
     for name in ("list", "pause", "resume", "rm"):
         action = actions.add_parser(name, help={"list": "the standing queries", "pause": "stop evaluating a query",
                                                 "resume": "evaluate a paused query again",

@@ -132,6 +132,8 @@ class WebhookSettings(BaseModel):
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    allow_private: bool = Field(False, description="let vidx serve add webhooks to loopback, private and link-local "
+                                "addresses (POST /api/watch); vidx watch add takes --allow-private")
 
 
 class MonitorSettings(BaseModel):

@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import struct
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -40,6 +42,7 @@ __all__ = [
     "make_video",
     "make_video_with_subtitles",
     "make_zero_byte",
+    "png_bomb",
     "probe_frame_times",
     "read_frame_number",
 ]
@@ -406,3 +409,19 @@ def make_unsupported_codec(path: str | Path, duration_s: float = 2.0) -> Path:
         data[offset : offset + 4] = b"QQQQ"
     path.write_bytes(bytes(data))
     return path
+
+
+def png_bomb(side: int) -> bytes:
+    """A real PNG of side x side black 1-bit pixels (a decompression bomb): under 1 MiB for
+    side 30000, which decodes to 900 million pixels (2.7 GB as RGB). Written row by row, never
+    held whole."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # the filter byte, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.compress(row * (side % 1000))
+    idat += packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))

@@ -5,15 +5,18 @@ monitor runs; the monitor re-reads the file when it changes."""
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -24,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from indexer.media.source import redact_uri
 from indexer.store.files import write_atomic
 
 MONITOR_DIR = "monitor"
@@ -32,6 +36,10 @@ RULES = ("black", "frozen", "signal_lost")   # model-free conditions
 # a single black or frozen frame is a cut or a still shot, not an outage
 RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
 QUERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# http(s)://[user[:password]@]host[:port][/path?query], whole: explicit character classes (no \s,
+# whose meaning differs between regex engines), as the JSON schema of the HTTP API shows it
+WEBHOOK_URL = re.compile(r"^https?://(?:[^ \t\r\n/?#@\[\]\\]*@)?[^ \t\r\n/?#@:\[\]\\]+(?::[0-9]{1,5})?"
+                         r"(?:[/?#][^ \t\r\n]*)?$")
 
 
 class Webhook(BaseModel):
@@ -43,9 +51,38 @@ class Webhook(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook url must be http(s)://..., got {url!r}")
+        if not WEBHOOK_URL.fullmatch(url):  # fullmatch: Python's $ would also match before a final newline
+            raise ValueError(f"webhook url must be http(s)://HOST[:PORT]/..., got {redact_uri(url)!r}")
         return url
+
+
+def check_webhook_address(url: str, allow_private: bool = False) -> None:
+    """Refuse (ValueError) a webhook URL whose host is, or now resolves to, an address that is not
+    public: loopback, private, link-local (cloud metadata), shared or reserved. Unless
+    `allow_private`: a receiver on this machine or the local network is then the user's choice,
+    not something a request can pick (the monitor would POST alerts and thumbnails there).
+
+    A name that does not resolve now passes: it reaches nothing, and deliveries to it retry."""
+    if allow_private:
+        return
+    host = urlsplit(url).hostname
+    if not host:
+        raise ValueError(f"webhook url {redact_uri(url)!r} names no host")
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:  # a name
+        try:
+            addresses = {ipaddress.ip_address(info[4][0].partition("%")[0])
+                         for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        except (OSError, UnicodeError):
+            return
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            raise ValueError(f"webhook url {redact_uri(url)!r} points at {address}, a loopback or private address: "
+                             "allow it with monitor.webhooks.allow_private (vidx serve) or --allow-private "
+                             "(vidx watch add)")
 
 
 class StandingQuery(BaseModel):
@@ -76,7 +113,7 @@ class StandingQuery(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not QUERY_ID.match(value):
+        if not QUERY_ID.fullmatch(value):
             raise ValueError(f"query id {value!r}: use letters, digits, '.', '_' or '-' (at most 64)")
         return value
 
@@ -95,9 +132,10 @@ class StandingQuery(BaseModel):
         return self.condition if self.kind == "condition" else self.kind.replace("_", " ")
 
     def public(self) -> dict:
-        """As shown by `vidx watch list` and the HTTP API: webhook secrets left out."""
+        """As shown by `vidx watch list` and the HTTP API: webhook secrets left out, and credentials
+        in their URLs."""
         data = self.model_dump(mode="json")
-        data["webhooks"] = [{"url": w.url} for w in self.webhooks]
+        data["webhooks"] = [{"url": redact_uri(w.url)} for w in self.webhooks]
         return data
 
 
@@ -177,4 +215,14 @@ def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQu
     raise KeyError(f"no standing query {query_id!r} in {root}; have: {sorted(q.id for q in queries) or 'none'}")
 
 
-__all__ = ["MONITOR_DIR", "RULES", "RULE_MIN_DURATION_S", "QueryStore", "StandingQuery", "Webhook"]
+__all__ = [
+    "MONITOR_DIR",
+    "QUERY_ID",
+    "RULES",
+    "RULE_MIN_DURATION_S",
+    "WEBHOOK_URL",
+    "QueryStore",
+    "StandingQuery",
+    "Webhook",
+    "check_webhook_address",
+]

@@ -184,6 +184,10 @@ class QueryEngine:
         context_length = q.context_length or self.model.config.context_length
         count = self.model.tokenizer.encode
         fixed = len(count(conversation_prompt(video_text([], 1), question, history, q.conv_mode)))
+        if fixed + q.max_new_tokens >= context_length:  # before any frame: say what to shorten
+            raise ValueError(f"the question and its history take {fixed} tokens of the LLM's {context_length}-token "
+                             f"context, and the answer needs {q.max_new_tokens} (query.max_new_tokens): shorten the "
+                             "question or send fewer history turns")
         whole_ids = np.concatenate(list(scope.values())) if scope else np.zeros(0, np.int64)
         subtitle_tokens = sum(self._subtitle_cost(int(i)) for i in whole_ids if int(i) in self.frames.subtitles) \
             if q.subtitles else 0

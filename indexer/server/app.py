@@ -14,7 +14,12 @@
 
 With a token, every /api route wants `Authorization: Bearer TOKEN` or `?token=TOKEN` (for
 <img> and <video> URLs, and for EventSource, which cannot send headers); the page and the docs
-hold no index data and stay open.
+hold no index data and stay open. Without one, only loopback Host names and the page's own
+origin are answered (`guards.LoopbackOnly`).
+
+Every request is bounded before it reaches the engine (`schemas.MAX_*`): its body (413), its
+texts and lists (422), an image's pixels (checked from its header, 400); replies and errors show
+no credentials (`redact_uri`).
 
 The engine is not thread-safe (torch models, the FAISS index, its view of the index swapped by
 `refresh`): `EngineGate` runs its calls in worker threads, questions one at a time, so the
@@ -26,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import logging
 import math
 import mimetypes
@@ -41,13 +45,29 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.media.source import redact_text, redact_uri
+from indexer.server.guards import (
+    API_PREFIX,
+    BodyLimit,
+    LoopbackOnly,
+    PageFiles,
+    allowed_methods,
+)
+from indexer.server.images import decode_image
 from indexer.server.monitor_api import monitor_router
 from indexer.server.schemas import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_JSON_BODY_BYTES,
+    MAX_SEARCH_BODY_BYTES,
+    MAX_STREAM_ID_CHARS,
+    MAX_STREAM_IDS,
     VIDEO_TYPES,
     AnswerModel,
     AskRequest,
@@ -70,7 +90,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_IMAGE_BYTES = 16 * 2**20
+FORM_FIELDS = ("image", "streams", "from_s", "to_s", "k")  # a multipart /api/search: an image and its filters
+MAX_FORM_STREAMS_CHARS = MAX_STREAM_IDS * (MAX_STREAM_ID_CHARS + 1)
 THUMBNAIL_CACHE = "private, max-age=3600"  # frame ids never change meaning within an index root
 T = TypeVar("T")
 
@@ -128,14 +149,16 @@ class EngineGate:
 
 
 def create_app(engine: QueryEngine, token: str | None = None, media_roots: Sequence[str | Path] | None = None,
-               refresh_interval_s: float = 1.0) -> FastAPI:
+               refresh_interval_s: float = 1.0, allow_private_webhooks: bool = False) -> FastAPI:
     """The API and web page over `engine`.
 
-    token: when set, every /api route wants it (`Authorization: Bearer TOKEN` or `?token=TOKEN`).
+    token: when set, every /api route wants it (`Authorization: Bearer TOKEN` or `?token=TOKEN`);
+        when not, only loopback Host names and the page's own origin are answered.
     media_roots: when set, /api/streams/{id}/media serves a stream's source file only if it lies
-        in one of these folders (default: any local file a stream's manifest entry names).
+        in one of these folders (default: any local file a stream with committed frames names).
     refresh_interval_s: how often questions pick up new index commits, and alert feeds look for
         new monitor commits (at most every 0.25 s).
+    allow_private_webhooks: POST /api/watch may add webhooks to loopback and private addresses.
     The monitor routes (`monitor_router`) read and change `<engine.root>/monitor/`.
     """
     if token is not None and not token:
@@ -145,20 +168,33 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
 
     app = FastAPI(title="llamavid-indexer", version="1",
                   description="Ask questions across hours of indexed video; answers cite their moments; "
-                              "standing queries raise alerts on live streams.")
+                              "standing queries raise alerts on live streams. Without a token the server "
+                              "answers only loopback Host names and its own page's origin (403 otherwise); "
+                              "it answers no CORS preflight (OPTIONS: 405).")
     app.state.gate = gate
     _add_error_handlers(app)
+    app.add_middleware(BodyLimit, default=MAX_JSON_BODY_BYTES, limits={"/api/search": MAX_SEARCH_BODY_BYTES})
+    if not token:
+        app.add_middleware(LoopbackOnly)  # added last: runs first
 
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorModel, "description": "a bad request (the detail says why)"},
-        401: {"model": ErrorModel, "description": "missing or wrong token"},
         404: {"model": ErrorModel, "description": "unknown stream, frame, standing query or alert"},
-        422: {"model": ErrorModel, "description": "a malformed request body"},
+        422: {"model": ErrorModel, "description": "a malformed request body, or one over a bound (the detail names "
+                                                  "the field and the bound)"},
     }
+    errors[401 if token else 403] = ({"model": ErrorModel, "description": "missing or wrong token"} if token else
+                                     {"model": ErrorModel, "description": "a Host that is not a loopback name, or a "
+                                                                          "request from another page's origin"})
+    with_body = {413: {"model": ErrorModel, "description": f"the body is over its bound ({MAX_JSON_BODY_BYTES:,} "
+                                                           f"bytes; /api/search {MAX_SEARCH_BODY_BYTES:,})"},
+                 415: {"model": ErrorModel, "description": "a body that is not application/json (or, for "
+                                                           "/api/search, multipart/form-data)"}}
     api = APIRouter(prefix="/api", dependencies=[Depends(_token_check(token))] if token else [],
                     responses=errors)
 
-    @api.post("/ask", response_model=AnswerModel, summary="Ask a question; the answer cites its moments")
+    @api.post("/ask", response_model=AnswerModel, summary="Ask a question; the answer cites its moments",
+              responses=with_body)
     async def ask(body: AskRequest) -> dict[str, Any]:
         from indexer.query.prompt import Turn
 
@@ -171,7 +207,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
         return finite(answer.to_dict())
 
     @api.post("/search", response_model=SearchResponse, summary="Frames most like a text or an image",
-              openapi_extra=_search_body_doc())
+              openapi_extra=_search_body_doc(), responses=with_body)
     async def search(request: Request) -> SearchResponse:
         filters, text, image, k = await _read_search(request)
 
@@ -184,7 +220,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
 
     @api.get("/streams", response_model=StreamsResponse, summary="The indexed streams and their latest frames")
     async def streams() -> StreamsResponse:
-        return StreamsResponse(streams=await gate.view(lambda: _streams(engine)))
+        return StreamsResponse(streams=await gate.view(lambda: _streams(engine)))  # credentials left out
 
     @api.get("/frames/{frame_id}/thumbnail.jpg", response_class=Response, summary="A frame's JPEG thumbnail",
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -193,10 +229,14 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": THUMBNAIL_CACHE})
 
     async def media(stream_id: str) -> Response:
-        entries = await gate.view(lambda: {s.stream_id: s for s in engine.streams()})
+        def read() -> tuple[dict[str, StreamEntry], bool]:
+            entries = {s.stream_id: s for s in engine.streams()}
+            return entries, stream_id in entries and engine.latest_frame(stream_id) is not None
+
+        entries, has_frames = await gate.view(read)
         if stream_id not in entries:
             raise KeyError(f"unknown stream {stream_id!r}; streams: {sorted(entries)}")
-        target = _media_target(entries[stream_id], roots)
+        target = _media_target(entries[stream_id], roots, has_frames)
         if isinstance(target, str):
             return RedirectResponse(target, status_code=307)
         media_type = VIDEO_TYPES.get(target.suffix.lower()) or mimetypes.guess_type(target.name)[0]
@@ -209,9 +249,13 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
                                  307: {"description": "an http(s) source: its URL"}})
     api.add_api_route(media_path, media, methods=["HEAD"], include_in_schema=False)
 
-    api.include_router(monitor_router(Path(engine.root), refresh_interval_s))  # with the token check
+    api.include_router(monitor_router(Path(engine.root), refresh_interval_s, allow_private_webhooks,
+                                      body_errors=with_body))  # with the token check
     app.include_router(api)
-    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")
+    app.router.routes.append(PageFiles(STATIC_DIR))  # what app.mount("/", ...) does, leaving /api to the API
+    settings = getattr(engine, "settings", None)  # a stand-in engine in tests may have none
+    if settings is not None:
+        app.openapi = _with_max_k(app.openapi, settings.query.max_k)
     return app
 
 
@@ -233,6 +277,8 @@ def _where(engine: QueryEngine, filters: Filters) -> SearchFilter | None:
     """The engine's filter; unknown streams are a 404 that lists the known ones."""
     from indexer.query.search import SearchFilter
 
+    if filters.from_s is not None and filters.to_s is not None and filters.from_s > filters.to_s:
+        raise ValueError(f"from_s ({filters.from_s}) is after to_s ({filters.to_s})")
     if filters.streams is None and filters.from_s is None and filters.to_s is None:
         return None
     if filters.streams is not None:
@@ -251,16 +297,23 @@ async def _read_search(request: Request) -> tuple[Filters, str | None, np.ndarra
     data = None
     try:
         if content_type == "multipart/form-data":
-            form = await request.form()
-            fields = {name: form[name] for name in ("text", "from_s", "to_s", "k") if form.get(name) not in (None, "")}
-            if form.get("streams"):
-                fields["streams"] = [s.strip() for s in str(form["streams"]).split(",") if s.strip()]
-            body = SearchFields.model_validate(fields)
+            form = await request.form(max_files=1, max_fields=len(FORM_FIELDS), max_part_size=MAX_JSON_BODY_BYTES)
+            unknown = sorted(set(form.keys()) - set(FORM_FIELDS))
+            if unknown:
+                raise HTTPException(422, f"unknown form field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                                         f"the fields are {', '.join(FORM_FIELDS)}")
+            body = SearchFields.model_validate({name: form[name] for name in ("from_s", "to_s", "k") if name in form},
+                                               strict=False)  # form values are text: "5" is k 5
+            streams = str(form.get("streams", ""))
+            if len(streams) > MAX_FORM_STREAMS_CHARS:
+                raise HTTPException(422, f"streams: over {MAX_FORM_STREAMS_CHARS:,} characters")
+            if streams.strip():  # empty: every stream, as left out; an id no stream has is a 404
+                body = body.model_copy(update={"streams": [s.strip() for s in streams.split(",")]})
             upload = form.get("image")
-            if upload is not None and not isinstance(upload, str):
-                data = await upload.read(MAX_IMAGE_BYTES + 1)
-            if (body.text is None) == (data is None):
-                raise HTTPException(422, "give exactly one of text and an image file (form field 'image')")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "image: send the image as a file (form field 'image'); search by text "
+                                         "with a JSON body")
+            data = await upload.read(MAX_IMAGE_BYTES + 1)
         elif content_type in ("application/json", ""):
             body = SearchRequest.model_validate_json(await request.body())
             if body.image_base64 is not None:
@@ -272,7 +325,8 @@ async def _read_search(request: Request) -> tuple[Filters, str | None, np.ndarra
         raise RequestValidationError(exc.errors(include_url=False)) from exc
     if data is not None and len(data) > MAX_IMAGE_BYTES:
         raise HTTPException(413, f"the image is over {MAX_IMAGE_BYTES // 2**20} MiB")
-    image = decode_image(data) if data is not None else None
+    # decoded in a worker thread, outside the model lock: the event loop and questions go on meanwhile
+    image = await anyio.to_thread.run_sync(decode_image, data) if data is not None else None
     filters = Filters(streams=body.streams, from_s=body.from_s, to_s=body.to_s)
     return filters, body.text, image, body.k
 
@@ -286,31 +340,42 @@ def _b64decode(text: str) -> bytes:
         raise ValueError(f"image_base64 is not valid base64: {exc}") from exc
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """An uploaded image -> uint8 RGB [H, W, 3]; ValueError when it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"the image cannot be decoded ({exc}); send a PNG, JPEG, WebP, GIF or BMP file") from exc
-    if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
-        raise ValueError(f"the image is empty (shape {rgb.shape})")
-    return rgb  # (H, W, 3)
-
-
 def _search_body_doc() -> dict[str, Any]:
     """The request body /docs shows for /api/search (read by hand: JSON or multipart)."""
-    form = {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary", "description": "the image file"},
-        "text": {"type": "string"},
-        "streams": {"type": "string", "description": "stream ids, comma-separated"},
-        "from_s": {"type": "number"}, "to_s": {"type": "number"}, "k": {"type": "integer"}}}
+    fields = SearchFields.model_json_schema()["properties"]
+    form = {"type": "object", "additionalProperties": False, "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary",
+                  "description": f"the image file (at most {MAX_IMAGE_BYTES // 2**20} MiB and {MAX_IMAGE_PIXELS:,} "
+                                 "pixels)"},
+        **{name: fields[name]["anyOf"][0] for name in ("from_s", "to_s", "k")},  # the JSON fields' bounds
+        "streams": {"type": "string", "maxLength": MAX_FORM_STREAMS_CHARS,
+                    "description": "stream ids, comma-separated (empty: every stream)"}}}
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},
         "multipart/form-data": {"schema": form}}}}
+
+
+def _with_max_k(openapi: Callable[[], dict[str, Any]], max_k: int) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` with the bound of every `k`: query.max_k, a setting of the index, not of the schema."""
+
+    def bound(node: Any) -> None:
+        if isinstance(node, dict):
+            k = node.get("properties", {}).get("k")
+            for variant in (k.get("anyOf", [k]) if isinstance(k, dict) else []):
+                if variant.get("type") == "integer":
+                    variant["maximum"] = max_k
+            for value in node.values():
+                bound(value)
+        elif isinstance(node, list):
+            for value in node:
+                bound(value)
+
+    def patched() -> dict[str, Any]:
+        schema = openapi()  # FastAPI keeps the one it built: bounding it once is enough
+        bound(schema)
+        return schema
+
+    return patched
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -319,10 +384,10 @@ def _streams(engine: QueryEngine) -> list[StreamModel]:
     for entry in engine.streams():
         latest_id, latest_pts = engine.latest_frame(entry.stream_id) or (None, None)
         out.append(StreamModel(
-            stream_id=entry.stream_id, uri=entry.uri, protocol=entry.protocol, live=entry.live, fps=entry.fps,
-            duration_s=entry.duration_s, watermark_s=entry.watermark_s, frames=entry.frames, gaps=entry.gaps,
-            complete=entry.complete, error=entry.error, latest_frame_id=latest_id, latest_pts_s=latest_pts,
-            media=_playable(entry)))
+            stream_id=entry.stream_id, uri=redact_uri(entry.uri), protocol=entry.protocol, live=entry.live,
+            fps=entry.fps, duration_s=entry.duration_s, watermark_s=entry.watermark_s, frames=entry.frames,
+            gaps=entry.gaps, complete=entry.complete, error=None if entry.error is None else redact_text(entry.error),
+            latest_frame_id=latest_id, latest_pts_s=latest_pts, media=latest_id is not None and _playable(entry)))
     return out
 
 
@@ -331,14 +396,20 @@ def _playable(entry: StreamEntry) -> bool:
 
 
 def _redirectable(entry: StreamEntry) -> bool:
-    """An http(s) file (not HLS, not live) whose URL carries no credentials."""
-    parts = urlsplit(entry.uri)
-    return entry.protocol == "http" and parts.scheme in ("http", "https") and not parts.username and not parts.password
+    """An http(s) file (not HLS, not live) whose URL carries no credentials (no user, no secret
+    query parameter)."""
+    return entry.protocol == "http" and urlsplit(entry.uri).scheme in ("http", "https") and \
+        redact_uri(entry.uri) == entry.uri
 
 
-def _media_target(entry: StreamEntry, roots: list[Path] | None) -> Path | str:
-    """The one file (or URL) a stream's manifest entry names; KeyError (404) for anything else."""
+def _media_target(entry: StreamEntry, roots: list[Path] | None, has_frames: bool) -> Path | str:
+    """The one file (or URL) a stream's manifest entry names, once frames from it are committed (a
+    file that never decoded, say a credentials.txt caught by a glob, is not media); KeyError (404)
+    for anything else."""
     name = entry.stream_id
+    if not has_frames:
+        raise KeyError(f"stream {name!r} has no committed frames: its source is not served"
+                       + (f" (it failed: {redact_text(entry.error)})" if entry.error else ""))
     if entry.live:
         raise KeyError(f"stream {name!r} is a live {entry.protocol} source: there is no archived file to play; "
                        "its latest frames are in /api/streams")
@@ -347,20 +418,30 @@ def _media_target(entry: StreamEntry, roots: list[Path] | None) -> Path | str:
     if entry.protocol != "file":
         raise KeyError(f"stream {name!r} is a {entry.protocol} source: only local files (and plain http(s) files, "
                        "by redirect) can be played")
-    path = Path(entry.uri)
-    if roots is not None and not any(path.resolve().is_relative_to(root) for root in roots):
+    path = Path(entry.uri).resolve()  # a link is served as what it points at, and checked as that
+    if roots is not None and not any(path.is_relative_to(root) for root in roots):
         raise KeyError(f"stream {name!r}: its source is outside the media roots this server may serve")
     if not path.is_file():
-        raise KeyError(f"stream {name!r}: its source file {path} is no longer there")
+        raise KeyError(f"stream {name!r}: its source file {entry.uri} is no longer there")
     return path
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     """The engine's ValueError -> 400, KeyError -> 404, an unreachable LLM -> 503, a malformed body
-    -> 422; each as {"detail": message}."""
+    -> 422, a body over its bound -> 413 naming it; each as {"detail": message}, with any URL in it
+    shown without credentials."""
 
     def reply(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
+        return JSONResponse({"detail": redact_text(message)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405 and request.url.path.startswith(API_PREFIX + "/"):  # the page's files say their own
+            allow = ", ".join(allowed_methods(app.router.routes, request.scope))
+            return JSONResponse({"detail": f"{request.method} is not allowed here; allowed: {allow} (no CORS "
+                                           "preflight: the API serves its own page only)"},
+                                status_code=405, headers={"Allow": allow})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -387,4 +468,4 @@ def _add_error_handlers(app: FastAPI) -> None:
         return reply(503, f"the language model is not available: {exc}")
 
 
-__all__ = ["MAX_IMAGE_BYTES", "EngineGate", "create_app", "decode_image"]
+__all__ = ["EngineGate", "create_app"]

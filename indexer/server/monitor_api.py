@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,7 +47,12 @@ from pydantic import ValidationError
 
 from indexer.monitor.alerts import Alert, AlertLog
 from indexer.monitor.monitor import CLIPS_DIR
-from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
+from indexer.monitor.queries import (
+    MONITOR_DIR,
+    QueryStore,
+    StandingQuery,
+    check_webhook_address,
+)
 from indexer.server.schemas import (
     VIDEO_TYPES,
     AlertModel,
@@ -66,14 +72,17 @@ KEEPALIVE_S = 15.0           # a comment line this often keeps proxies from clos
 MIN_FEED_POLL_S = 0.25       # the alert feed reads state.json at most this often (poll_s may be 0)
 
 
-def monitor_router(root: Path, poll_s: float) -> APIRouter:
+def monitor_router(root: Path, poll_s: float, allow_private_webhooks: bool = False,
+                   body_errors: dict[int | str, dict[str, Any]] | None = None) -> APIRouter:
     """The routes over `<root>/monitor/` (what `vidx monitor` runs on), without a prefix: include it
     in the /api router, whose dependencies (the token check) and error responses it takes on.
 
     poll_s: how often alert feeds look for new monitor commits (at most every MIN_FEED_POLL_S).
+    allow_private_webhooks: new standing queries may have webhooks to loopback and private addresses.
+    body_errors: the responses a route with a request body may give besides (413, 415), for /docs.
     Its lifespan ends open alert feeds when the server stops."""
     store = QueryStore(root)
-    clips = (root / MONITOR_DIR / CLIPS_DIR).resolve()
+    body_errors = body_errors or {}
     poll_s = max(poll_s, MIN_FEED_POLL_S)
     closing = threading.Event()  # set when the server stops: alert feeds end instead of holding it open
 
@@ -95,12 +104,14 @@ def monitor_router(root: Path, poll_s: float) -> APIRouter:
 
     @api.post("/watch", status_code=201, response_model=CreatedWatchModel,
               summary="Add a standing query; the reply is the only one that shows its webhook secrets",
-              responses={409: {"model": ErrorModel, "description": "a standing query with this id exists"}})
+              responses={409: {"model": ErrorModel, "description": "a standing query with this id exists"},
+                         **body_errors})
     async def add_query(body: WatchRequest) -> dict[str, Any]:
-        query = await anyio.to_thread.run_sync(_add_query, store, body)
+        query = await anyio.to_thread.run_sync(_add_query, store, body, allow_private_webhooks)
         return query.model_dump(mode="json")
 
-    @api.patch("/watch/{query_id}", response_model=WatchModel, summary="Pause or resume a standing query")
+    @api.patch("/watch/{query_id}", response_model=WatchModel, summary="Pause or resume a standing query",
+               responses=body_errors)
     async def patch_query(query_id: str, body: WatchPatch) -> dict[str, Any]:
         query = await anyio.to_thread.run_sync(store.set_paused, query_id, body.paused)
         return query.public()
@@ -127,12 +138,14 @@ def monitor_router(root: Path, poll_s: float) -> APIRouter:
              summary="Server-sent events: alert.opened and alert.closed as the monitor commits them",
              responses={200: {"content": {"text/event-stream": {}}}})
     async def alert_feed(request: Request,
-                         after: int | None = Query(None, ge=0, description="the monitor commit to start after "
-                                                                            "(default: the latest)"),
-                         last_event_id: str | None = Header(None, description="sent by EventSource when it "
-                                                                              "reconnects; wins over ?after")
+                         # typed int, not int | None: a header or query value is never null
+                         after: int = Query(None, ge=0, description="the monitor commit to start after (default: "
+                                                                    "the latest)"),
+                         last_event_id: int = Header(None, ge=0, description="the id of an event this feed "
+                                                                                    "sent (EventSource sends it when it "
+                                                                                    "reconnects); wins over ?after")
                          ) -> StreamingResponse:
-        start = _resume_point(last_event_id) if last_event_id is not None else after
+        start = last_event_id if last_event_id is not None else after
         if start is None:
             start = (await anyio.to_thread.run_sync(AlertLog, root)).generation
         return StreamingResponse(_alert_events(request, root, start, poll_s, closing), media_type="text/event-stream",
@@ -159,9 +172,10 @@ def monitor_router(root: Path, poll_s: float) -> APIRouter:
         if found.clip is None:
             raise KeyError(f"alert {alert_id!r} has no clip" + (" yet: it is cut when the event ends"
                                                                   if found.status == "open" else ""))
-        path = (root / found.clip).resolve()
-        if not path.is_relative_to(clips):  # the row is data on disk: serve nothing outside the clips folder
-            raise KeyError(f"alert {alert_id!r}: its clip {found.clip!r} is outside {MONITOR_DIR}/{CLIPS_DIR}/")
+        path = _clip_path(root, found.clip)
+        if path is None:  # the row is data on disk: serve nothing outside the clips folder
+            raise KeyError(f"alert {alert_id!r}: its clip {found.clip!r} is outside {MONITOR_DIR}/{CLIPS_DIR}/ of the "
+                           "index, or reached through a symbolic link")
         if not path.is_file():
             raise KeyError(f"alert {alert_id!r}: its clip {found.clip} is no longer there")
         return FileResponse(path, media_type=VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream"))
@@ -174,15 +188,30 @@ def monitor_router(root: Path, poll_s: float) -> APIRouter:
     return api
 
 
-def _add_query(store: QueryStore, body: WatchRequest) -> StandingQuery:
+def _clip_path(root: Path, clip: str) -> Path | None:
+    """Where an alert row's clip (a path relative to the index root) is, when it names a file in
+    the root's real monitor/clips/ folder, reached through no symbolic link (a clips folder linked
+    out of the root is refused); else None."""
+    real_root = root.resolve()
+    clips = real_root / MONITOR_DIR / CLIPS_DIR
+    path = Path(os.path.normpath(real_root / clip))
+    if not path.is_relative_to(clips) or path.resolve() != path:  # `..` out, or a link on the way
+        return None
+    return path
+
+
+def _add_query(store: QueryStore, body: WatchRequest, allow_private_webhooks: bool) -> StandingQuery:
     """Validate and store a new standing query; 409 when its id is taken."""
     fields = body.model_dump(exclude_none=True)  # left out: the standing query's defaults (and a random secret)
+    given_id = fields.pop("id", None)
     while True:
-        query_id = fields.pop("id", None) or store.new_id()
+        query_id = given_id if given_id is not None else store.new_id()
         try:
             query = StandingQuery.model_validate({"id": query_id, **fields})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from exc
+        for hook in query.webhooks:  # a well-formed URL; now where it points (400: the schema cannot say)
+            check_webhook_address(hook.url, allow_private_webhooks)
         try:
             return store.add(query)
         except ValueError as exc:
@@ -191,17 +220,6 @@ def _add_query(store: QueryStore, body: WatchRequest) -> StandingQuery:
             if body.id is not None:
                 raise HTTPException(409, str(exc)) from exc
             # a generated id another request took meanwhile: take the next one
-
-
-def _resume_point(last_event_id: str) -> int:
-    try:
-        generation = int(last_event_id)
-    except ValueError:
-        generation = -1
-    if generation < 0:
-        raise ValueError(f"Last-Event-ID {last_event_id!r} is not a monitor generation (an integer >= 0, the id of an "
-                         "event this feed sent)")
-    return generation
 
 
 def _alert_model(alert: Alert, request: Request) -> AlertModel:

@@ -1,12 +1,44 @@
-"""The HTTP API's request and response bodies (what /docs shows), and what every response body and
-file is made of: JSON-safe numbers (`finite`), video media types (`VIDEO_TYPES`)."""
+"""The HTTP API's request and response bodies (what /docs shows), the bounds every request is held
+to (`MAX_*`: a request over one is refused with a 413 or 422 naming it, before any model runs),
+and what every response body and file is made of: JSON-safe numbers (`finite`), video media
+types (`VIDEO_TYPES`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from indexer.monitor.queries import QUERY_ID, RULES, WEBHOOK_URL
+
+# -- bounds: each keeps a request's memory and its time holding the model small ------------------------
+MAX_QUESTION_CHARS = 2000        # a question, and each question of a history
+MAX_ANSWER_CHARS = 16_000        # an earlier answer sent back in a history (query.max_new_tokens = 4096 fits)
+MAX_HISTORY_TURNS = 20
+MAX_TEXT_CHARS = 1000            # a search text (CLIP reads 77 tokens of it)
+MAX_STREAM_IDS = 1000            # stream ids in a filter or a standing query
+MAX_STREAM_ID_CHARS = 100        # as check_stream_id allows
+MAX_CONDITION_CHARS = 1000
+MAX_WEBHOOKS = 16
+MAX_URL_CHARS = 2048
+MAX_SECRET_CHARS = 256
+MAX_JSON_BODY_BYTES = 4 * 2**20  # any request body but a search's: the longest history, JSON-escaped, fits
+MAX_IMAGE_BYTES = 16 * 2**20     # an uploaded image file
+MAX_SEARCH_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 2**20  # the image as base64 (or multipart), and the fields
+MAX_IMAGE_PIXELS = 4096 * 4096   # width x height, read from the image's header before it is decoded
+
+# JSON-schema pattern: a character that is not white space as str.strip() sees it (spelled out:
+# regex engines differ on what \s matches, and the server strips what it is sent)
+NOT_BLANK = "[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+def _integral(value: Any) -> Any:
+    """1.0 -> 1: JSON schema's integer takes a number with no fraction (strict mode would not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Count = Annotated[int, Field(ge=1), BeforeValidator(_integral)]  # in this order: the schema says minimum
+StreamIds = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STREAM_ID_CHARS)]],
+                      Field(min_length=1, max_length=MAX_STREAM_IDS)]
 
 VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
                ".mkv": "video/x-matroska", ".ts": "video/mp2t", ".avi": "video/x-msvideo"}  # not left to the OS
@@ -24,46 +56,53 @@ def finite(value: Any) -> Any:
 
 
 class Filters(BaseModel):
-    """Which frames a request may see: some streams, a media-time range (seconds), or all."""
+    """Which frames a request may see: some streams, a media-time range (seconds), or all.
 
-    model_config = ConfigDict(extra="forbid")
+    A from_s after to_s is a 400 (the server checks it: JSON schema cannot say it); 422 is kept
+    for what the schema says. Strict: `"k": "5"` or `"paused": 0` is refused, as the schema says."""
 
-    streams: list[str] | None = Field(None, description="stream ids (default: every stream)")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    streams: StreamIds | None = Field(None, description="stream ids (default: every stream)")
     from_s: float | None = Field(None, ge=0, description="media time to start at, seconds")
-    to_s: float | None = Field(None, ge=0, description="media time to end at, seconds")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Filters:
-        if self.from_s is not None and self.to_s is not None and self.from_s > self.to_s:
-            raise ValueError(f"from_s ({self.from_s}) is after to_s ({self.to_s})")
-        if self.streams is not None and not self.streams:
-            raise ValueError("streams is empty: leave it out for every stream")
-        return self
+    to_s: float | None = Field(None, ge=0, description="media time to end at, seconds (not before from_s)")
 
 
 class TurnModel(BaseModel):
-    question: str
-    answer: str
+    model_config = ConfigDict(strict=True)
+
+    question: str = Field(max_length=MAX_QUESTION_CHARS)
+    answer: str = Field(max_length=MAX_ANSWER_CHARS)
 
 
 class AskRequest(Filters):
-    question: str = Field(description="the question, in words")
-    history: list[TurnModel] = Field(default_factory=list,
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK,
+                          description="the question, in words")
+    history: list[TurnModel] = Field(default_factory=list, max_length=MAX_HISTORY_TURNS,
                                      description="earlier turns of this conversation (the `history` of the "
                                                  "previous answer)")
-    k: int | None = Field(None, ge=1, description="frames to retrieve (default: query.k; at most query.max_k)")
+    k: Count | None = Field(None, description="frames to retrieve (default: query.k; at most query.max_k)")
 
 
 class SearchFields(Filters):
-    text: str | None = Field(None, description="what the frames should show, in words")
-    k: int | None = Field(None, ge=1, description="hits to return (default: query.k; at most query.max_k)")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK,
+                             description="what the frames should show, in words")
+    k: Count | None = Field(None, description="hits to return (default: query.k; at most query.max_k)")
 
 
 class SearchRequest(SearchFields):
     """Exactly one of `text` and `image_base64`. A file upload goes as multipart/form-data instead:
-    field `image` (the file) and the other fields as form values (`streams` comma-separated)."""
+    field `image` (the file) and the filters as form values (`streams` comma-separated)."""
 
-    image_base64: str | None = Field(None, description="an image (PNG, JPEG, ...) as base64 or a data: URL")
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # what _one_query enforces, for schema readers
+        {"required": ["text"], "properties": {"text": {"type": "string"}, "image_base64": {"type": "null"}}},
+        {"required": ["image_base64"], "properties": {"image_base64": {"type": "string"}, "text": {"type": "null"}}},
+    ]})
+
+    image_base64: str | None = Field(None, min_length=1, max_length=MAX_SEARCH_BODY_BYTES,
+                                     description=f"an image (PNG, JPEG, WebP, GIF or BMP; at most "
+                                                 f"{MAX_IMAGE_BYTES // 2**20} MiB and {MAX_IMAGE_PIXELS:,} pixels) "
+                                                 "as base64 or a data: URL")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -137,32 +176,44 @@ QueryKind = Literal["condition", "black", "frozen", "signal_lost"]
 
 
 class WebhookRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str = Field(description="where alerts are POSTed (http:// or https://)")
-    secret: str | None = Field(None, description="the HMAC-SHA256 key of the X-Vidx-Signature header (default: a "
-                                                 "random one, in the reply)")
+    url: str = Field(max_length=MAX_URL_CHARS, json_schema_extra={"pattern": WEBHOOK_URL.pattern},  # Webhook checks it
+                     description="where alerts are POSTed (http:// or https://; a loopback or private address only "
+                                 "where the server allows it: monitor.webhooks.allow_private)")
+    secret: str | None = Field(None, min_length=8, max_length=MAX_SECRET_CHARS,
+                               description="the HMAC-SHA256 key of the X-Vidx-Signature header (default: a random one, "
+                                           "in the reply)")
 
 
 class WatchRequest(BaseModel):
-    """A new standing query. Left out (null): the standing query's default."""
+    """A new standing query. Left out (null): the standing query's default. A condition query
+    (the default kind) needs its condition text; a rule takes none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [  # what StandingQuery enforces
+        {"required": ["condition"], "properties": {"kind": {"const": "condition"},
+                                                   "condition": {"type": "string", "pattern": NOT_BLANK}}},
+        {"required": ["kind"], "properties": {"kind": {"enum": list(RULES)},
+                                              "condition": {"anyOf": [{"type": "null"}, {"maxLength": 0}]}}},
+    ]})
 
-    id: str | None = Field(None, description="letters, digits, '.', '_', '-' (default: q1, q2, ...)")
+    id: str | None = Field(None, json_schema_extra={"pattern": QUERY_ID.pattern},  # StandingQuery checks it
+                           description="letters, digits, '.', '_', '-' (default: q1, q2, ...)")
     kind: QueryKind = Field("condition", description="condition: a question in words, checked by the models; "
                                                      "black, frozen, signal_lost: rules that need no model")
-    condition: str | None = Field(None, description="what to watch for, in words (kind condition only)")
-    streams: list[str] | None = Field(None, description="stream ids, also ones not indexed yet (default: every "
+    condition: str | None = Field(None, max_length=MAX_CONDITION_CHARS,
+                                  description="what to watch for, in words (kind condition only)")
+    streams: StreamIds | None = Field(None, description="stream ids, also ones not indexed yet (default: every "
                                                         "stream)")
-    sensitivity: float | None = Field(None, description="0 to 1: higher lets more frames reach the verifier")
-    cooldown_s: float | None = Field(None, description="no new alert this long after the last one ended")
-    min_duration_s: float | None = Field(None, description="an event shorter than this raises no alert")
-    webhooks: list[WebhookRequest] | None = None
+    sensitivity: float | None = Field(None, ge=0, le=1, description="0 to 1: higher lets more frames reach the "
+                                                                    "verifier")
+    cooldown_s: float | None = Field(None, ge=0, description="no new alert this long after the last one ended")
+    min_duration_s: float | None = Field(None, ge=0, description="an event shorter than this raises no alert")
+    webhooks: list[WebhookRequest] | None = Field(None, max_length=MAX_WEBHOOKS)
 
 
 class WatchPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     paused: bool
 
@@ -230,7 +281,9 @@ class AlertsResponse(BaseModel):
     alerts: list[AlertModel]
 
 
-__all__ = ["VIDEO_TYPES", "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
+__all__ = ["MAX_ANSWER_CHARS", "MAX_CONDITION_CHARS", "MAX_HISTORY_TURNS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
+           "MAX_JSON_BODY_BYTES", "MAX_QUESTION_CHARS", "MAX_SEARCH_BODY_BYTES", "MAX_SECRET_CHARS", "MAX_STREAM_IDS",
+           "MAX_STREAM_ID_CHARS", "MAX_TEXT_CHARS", "MAX_URL_CHARS", "MAX_WEBHOOKS", "NOT_BLANK", "VIDEO_TYPES", "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
            "Filters", "HitModel", "QueryKind", "SearchFields", "SearchRequest", "SearchResponse", "StreamModel",
            "StreamsResponse", "TurnModel", "WatchListResponse", "WatchModel", "WatchPatch", "WatchRequest",
            "WebhookModel", "WebhookRequest", "WebhookSecretModel", "finite"]

@@ -1,15 +1,17 @@
 """`serve`: open an index root and run the API and web page with uvicorn (what `vidx serve` calls).
 
-Bound to a loopback address (the default, 127.0.0.1) it needs no token; bound to any other
-address it refuses to start without one, so an index is never open to a network by accident."""
+Bound to a loopback address (the default, 127.0.0.1) it needs no token (and answers loopback
+names only: `guards.LoopbackOnly`); bound to any other address it refuses to start without one,
+so an index is never open to a network by accident. The access log never shows a token."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from indexer.media.source import redact_query
+from indexer.server.guards import is_loopback
 from indexer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -17,13 +19,19 @@ logger = logging.getLogger(__name__)
 MIN_TOKEN_CHARS = 16
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
+class RedactTokens(logging.Filter):
+    """Blanks `?token=T` (and other secret query parameters) in uvicorn's access log lines: the page
+    puts the token in <img>, <video> and EventSource URLs, which cannot send a header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):  # (client, method, path?query, http version, status)
+            record.args = tuple(_redact_path(a) if isinstance(a, str) and "?" in a else a for a in record.args)
         return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
+
+
+def _redact_path(path: str) -> str:
+    path, _, query = path.partition("?")
+    return f"{path}?{redact_query(query)}"
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -49,12 +57,17 @@ def serve(index: str | Path, settings: Settings | None = None, host: str = "127.
 
     check_exposure(host, token)  # before the minutes a real model takes to load
     engine = QueryEngine.open(index, settings)
+    access = logging.getLogger("uvicorn.access")
+    redact = RedactTokens()
+    access.addFilter(redact)
     try:
-        app = create_app(engine, token=token or None, media_roots=media_roots)
+        app = create_app(engine, token=token or None, media_roots=media_roots,
+                         allow_private_webhooks=engine.settings.monitor.webhooks.allow_private)
         logger.info("serving %s on %s:%d (the page at /, API docs at /docs)", index, host, port)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     finally:
+        access.removeFilter(redact)
         engine.close()
 
 
-__all__ = ["MIN_TOKEN_CHARS", "check_exposure", "is_loopback", "serve"]
+__all__ = ["MIN_TOKEN_CHARS", "RedactTokens", "check_exposure", "is_loopback", "serve"]

@@ -54,7 +54,7 @@ def test_vidx_watch_commands(tmp_path):
         return subprocess.run([sys.executable, "-m", "indexer.cli", "watch", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120, check=False)
 
-    added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h",
+    added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h", "--allow-private",
                  "--secret", "s3cret-value", "--stream", "cam1", "--cooldown", "30")
     assert added.returncode == 0, added.stderr
     assert "secret s3cret-value" in added.stdout

@@ -21,8 +21,10 @@ from indexer.store.manifest import StreamEntry
 from tests.mediagen import make_video
 
 
-def entry(stream_id: str, uri: str, protocol: str, live: bool = False) -> StreamEntry:
-    return StreamEntry(stream_id=stream_id, uri=uri, protocol=protocol, live=live, fps=1.0, frames=2)
+def entry(stream_id: str, uri: str, protocol: str, live: bool = False, error: str | None = None) -> StreamEntry:
+    """A stream with two committed frames, or (with an `error`) a source that failed and has none."""
+    return StreamEntry(stream_id=stream_id, uri=uri, protocol=protocol, live=live, fps=1.0,
+                       frames=0 if error else 2, error=error)
 
 
 def jpeg(value: int) -> bytes:
@@ -40,8 +42,9 @@ class FakeEngine:
     def __init__(self, entries: list[StreamEntry], root: Path | None = None):
         self.entries = entries
         self.root = root if root is not None else Path("/nonexistent/fake-index")
-        self.frames = SimpleNamespace(streams={  # two frames a stream, at 0 s and 1 s
-            e.stream_id: SimpleNamespace(frame_ids=np.array([2 * i, 2 * i + 1]), pts_s=np.array([0.0, 1.0]))
+        self.frames = SimpleNamespace(streams={  # two frames a stream, at 0 s and 1 s (none if it failed)
+            e.stream_id: SimpleNamespace(frame_ids=np.array([2 * i, 2 * i + 1][:e.frames], dtype=np.int64),
+                                         pts_s=np.array([0.0, 1.0][:e.frames]))
             for i, e in enumerate(entries)})
         self.release = threading.Event()
         self.release.set()
@@ -60,12 +63,14 @@ class FakeEngine:
     def add_frame(self, stream_id: str, pts_s: float) -> int:
         """A new committed frame of `stream_id` (as a live ingest would add); returns its id."""
         frames = self.frames.streams[stream_id]
-        frame_id = int(max(f.frame_ids.max() for f in self.frames.streams.values())) + 1
+        frame_id = int(max(f.frame_ids.max(initial=-1) for f in self.frames.streams.values())) + 1
         frames.frame_ids, frames.pts_s = np.append(frames.frame_ids, frame_id), np.append(frames.pts_s, pts_s)
         return frame_id
 
     def latest_frame(self, stream_id: str) -> tuple[int, float] | None:
         frames = self.frames.streams[stream_id]
+        if not len(frames.frame_ids):
+            return None
         newest = int(np.argmax(frames.frame_ids))
         return int(frames.frame_ids[newest]), float(frames.pts_s[newest])
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
+LOCAL = "http://127.0.0.1"  # a TestClient's base URL: a server without a token answers loopback names only
+
 
 @contextlib.contextmanager
 def running_server(app, timeout_s: float = 20.0) -> Iterator[str]:

@@ -16,6 +16,7 @@ from indexer.server import create_app
 from indexer.store import IndexReader
 from tests.indexes import FPS, planted_image
 from tests.mediagen import read_frame_number
+from tests.server.live import LOCAL
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -29,7 +30,7 @@ def engine(tiny_index):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(create_app(engine)) as client:
+    with TestClient(create_app(engine), base_url=LOCAL) as client:
         yield client
 
 
@@ -152,10 +153,11 @@ def test_media_serves_no_path_but_a_streams_own_file(client, stream_id):
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(client, engine):
     max_k = engine.settings.query.max_k
     bad = [
-        (client.post("/api/ask", json={"question": "   "}), 400, "non-empty"),
+        (client.post("/api/ask", json={"question": "   "}), 422, "question: String should match pattern"),
         (client.post("/api/ask", json={}), 422, "question"),
         (client.post("/api/ask", json={"question": "q", "streams": ["nope"]}), 404, "nope"),
-        (client.post("/api/ask", json={"question": "q", "from_s": 5, "to_s": 2}), 422, "from_s"),
+        (client.post("/api/ask", json={"question": "q", "from_s": 5, "to_s": 2}), 400, "from_s (5.0) is after to_s"),
+        (client.post("/api/ask", json={"question": "q", "k": "5"}), 422, "k: Input should be a valid integer"),
         (client.post("/api/ask", json={"question": "q", "k": max_k + 1}), 400, "max_k"),
         (client.post("/api/ask", json={"question": "q", "k": 0}), 422, "k"),
         (client.post("/api/ask", content=b"{not json", headers={"Content-Type": "application/json"}), 422, ""),
@@ -166,6 +168,10 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(clien
         (client.post("/api/search", json={"image_base64": "%%%"}), 400, "base64"),
         (client.post("/api/search", json={"text": "x", "image_base64": "AAAA"}), 422, "exactly one"),
         (client.post("/api/search", json={}), 422, "exactly one"),
+        (client.post("/api/search", files={"image": ("x.png", png(planted_image()), "image/png")},
+                     data={"text": "blocks"}), 422, "unknown form field text"),
+        (client.post("/api/search", data={"k": "3"}, files={"other": ("x.txt", b"x", "text/plain")}), 422,
+         "unknown form field other"),
         (client.post("/api/search", content=b"x", headers={"Content-Type": "text/plain"}), 415, "content type"),
         (client.get("/api/frames/999999/thumbnail.jpg"), 404, "999999"),
         (client.get("/api/frames/-1/thumbnail.jpg"), 404, ""),

@@ -41,7 +41,7 @@ def engine(root) -> FakeEngine:
 
 @pytest.fixture
 def client(engine) -> Iterator[TestClient]:
-    with TestClient(create_app(engine, token=TOKEN)) as client:
+    with TestClient(create_app(engine, token=TOKEN, allow_private_webhooks=True)) as client:  # a receiver on 127.0.0.1
         client.headers.update(AUTH)
         yield client
 
@@ -103,6 +103,38 @@ def test_standing_query_errors_name_what_is_wrong(client):
         assert missing.status_code == 404 and "'nope'" in missing.json()["detail"] and "gate" in missing.json()["detail"]
     assert client.patch("/api/watch/gate", json={"paused": "later"}).status_code == 422
     assert [q["id"] for q in client.get("/api/watch").json()["queries"]] == ["gate"]
+
+
+def test_webhooks_to_loopback_or_private_addresses_need_the_setting(engine, root):
+    with TestClient(create_app(engine, token=TOKEN)) as client:
+        client.headers.update(AUTH)
+        for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.0.0.7/hook",
+                    "http://169.254.169.254/latest/meta-data", "http://0.0.0.0:9/hook",
+                    "http://admin:pw@192.168.1.2/hook?token=abc"):
+            response = client.post("/api/watch", json={"kind": "black", "webhooks": [{"url": url}]})
+            detail = response.json()["detail"]
+            assert response.status_code == 400 and "a loopback or private address" in detail, (url, detail)
+            assert "monitor.webhooks.allow_private" in detail and "pw" not in detail and "abc" not in detail
+        assert QueryStore(root).load() == []
+        public = client.post("/api/watch", json={"kind": "black", "webhooks": [{"url": "https://93.184.215.14/hook"}]})
+        assert public.status_code == 201, public.text
+    with TestClient(create_app(engine, token=TOKEN, allow_private_webhooks=True)) as client:
+        local = client.post("/api/watch", json={"kind": "frozen", "webhooks": [{"url": "http://127.0.0.1:9/hook"}]},
+                            headers=AUTH)
+        assert local.status_code == 201, local.text
+
+
+def test_vidx_watch_add_refuses_a_private_webhook_unless_allowed(root, capsys):
+    from indexer.cli import main
+
+    root.mkdir(parents=True)
+    assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook"]) == 2
+    err = capsys.readouterr().err
+    assert "webhook url 'http://127.0.0.1:9/hook' points at 127.0.0.1" in err and "--allow-private" in err
+    assert len(err.strip().splitlines()) == 1 and QueryStore(root).load() == []
+    assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook",
+                 "--allow-private"]) == 0
+    assert [w.url for w in QueryStore(root).get("q1").webhooks] == ["http://127.0.0.1:9/hook"]
 
 
 def test_every_monitor_route_wants_the_token(engine, root):
@@ -178,6 +210,33 @@ def test_a_clip_outside_the_clips_folder_is_refused(client, root, tmp_path):
     assert gone and "no longer there" in client.get("/api/alerts/y/clip").json()["detail"]
 
 
+def test_a_clips_folder_linked_out_of_the_index_is_not_followed(client, root, tmp_path):
+    outside = tmp_path / "outside"
+    clip = clip_file(tmp_path / "outside-root", "z.mp4")  # a real MP4, under another root's monitor/clips/
+    outside.mkdir()
+    (tmp_path / "outside-root" / clip).rename(outside / "z.mp4")
+    (root / "monitor").mkdir(parents=True)
+    (root / "monitor" / "clips").symlink_to(outside, target_is_directory=True)
+    commit(root, [alert("z", "closed", clip="monitor/clips/z.mp4")])
+    response = client.get("/api/alerts/z/clip")
+    assert response.status_code == 404 and "symbolic link" in response.json()["detail"], response.text
+
+    (root / "monitor" / "clips").unlink()  # the same file in the real folder is served
+    (root / "monitor" / "clips").mkdir()
+    (outside / "z.mp4").rename(root / "monitor" / "clips" / "z.mp4")
+    assert client.get("/api/alerts/z/clip").status_code == 200
+
+
+def test_a_linked_index_root_still_serves_its_clips(engine, root, tmp_path):
+    clip = clip_file(root, "a.mp4")
+    commit(root, [alert("a", "closed", clip=clip)])
+    link = tmp_path / "index-link"
+    link.symlink_to(root, target_is_directory=True)  # the root itself may be reached through a link
+    engine.root = link
+    with TestClient(create_app(engine, token=TOKEN)) as client:
+        assert client.get("/api/alerts/a/clip", headers=AUTH).status_code == 200
+
+
 # -- the alert feed (server-sent events) ---------------------------------------------------------------
 class Feed:
     """An open GET /api/alerts/stream: its events, parsed the way EventSource parses them."""
@@ -245,7 +304,9 @@ def test_the_feed_sends_each_committed_row_and_resumes_after_last_event_id(engin
             assert [(i, d["alert_id"]) for i, _, d in feed.alerts(1)] == [(str(later), "c1")]
 
         bad = http.get("/api/alerts/stream", headers={**AUTH, "Last-Event-ID": "yesterday"})
-        assert bad.status_code == 400 and "'yesterday' is not a monitor generation" in bad.json()["detail"]
+        assert bad.status_code == 422 and "last-event-id: Input should be a valid integer" in bad.json()["detail"]
+        negative = http.get("/api/alerts/stream", headers={**AUTH, "Last-Event-ID": "-1"})
+        assert negative.status_code == 422 and "greater than or equal to 0" in negative.json()["detail"]
         assert http.get("/api/alerts/stream").status_code == 401
         started = time.monotonic()
     # every feed ended with its client: the server stops at once instead of waiting for them
