@@ -72,7 +72,9 @@ def run_command(name: str, run: Callable[[], int], verbose: bool = False) -> int
     traceback with -v) and an exit code: 2 for bad input, 1 for anything else, 130 for Ctrl-C,
     141 when stdout's reader went away."""
     try:
-        return run()
+        code = run()
+        sys.stdout.flush()  # a pipe's buffer is written here, inside the try, not at interpreter exit
+        return code
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
