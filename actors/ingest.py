@@ -90,7 +90,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                                          for e in plan.complete], nothing_to_do=True)
     if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
         check_models(settings)
-    from actors.encoder import EncoderActor  # torch and transformers: seconds an ingest with nothing to do skips
+    # torch and transformers, imported here: seconds that an ingest with nothing to do skips
+    from actors.encoder import EncoderActor
     config = _absolute_paths(settings).model_dump(mode="json")
     if not ray.is_initialized():  # actors' output (library logs, tracebacks) only with -v; their errors reach us
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=logger.isEnabledFor(logging.INFO))

@@ -82,7 +82,11 @@ def _hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> Path
 def _check_llamavid_assets(model_dir: Path, settings: Settings) -> None:
     """What config.json names outside the model folder, found as loading finds it."""
     from indexer.llamavid import checkpoint as ckpt
-    from indexer.llamavid.pipeline import read_model_config, resolve_image_processor, resolve_vision_tower
+    from indexer.llamavid.pipeline import (
+        read_model_config,
+        resolve_image_processor,
+        resolve_vision_tower,
+    )
 
     model = settings.model
     config = read_model_config(model_dir)
@@ -159,4 +163,4 @@ def bind_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-__all__ = ["IngestPlan", "TINY_REMEDY", "bind_port", "check_models", "check_unlocked", "plan_ingest"]
+__all__ = ["TINY_REMEDY", "IngestPlan", "bind_port", "check_models", "check_unlocked", "plan_ingest"]
