@@ -148,6 +148,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
     root = Path(args.index).expanduser()
+    kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
+    if args.action == "add" and (kind == "condition") == (args.condition is None):
+        raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
     if args.action == "add":  # queries may come first: `vidx monitor` ingests into the folder later
         root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():
@@ -156,9 +159,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     store = QueryStore(root)
     deliveries = [] if args.action == "add" else read_deliveries(root / MONITOR_DIR / "outbox")
     if args.action == "add":
-        kind = args.rule.replace("-", "_") if args.rule else "condition"
-        if (kind == "condition") == (args.condition is None):
-            raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
         secret = {"secret": args.secret} if args.secret else {}
         known = index_stream_ids(root) or []  # a stream not there yet is watched when it comes
         streams = [match_stream_id(sid, known) or sid for sid in args.stream or []]
