@@ -27,6 +27,7 @@ from actors.arguments import (
     settings_from_args,
     show_progress,
 )
+from actors.encoder import EncoderActor
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
 from indexer.console import plural
@@ -90,11 +91,9 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                                          for e in plan.complete], nothing_to_do=True)
     if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
         check_models(settings)
-    # torch and transformers, imported here: seconds that an ingest with nothing to do skips
-    from actors.encoder import EncoderActor
     config = _absolute_paths(settings).model_dump(mode="json")
-    if not ray.is_initialized():  # actors' output (library logs, tracebacks) only with -v; their errors reach us
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=logger.isEnabledFor(logging.INFO))
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     started = time.monotonic()
     # readers find the encoders and the writer by name: actor handles among constructor arguments
     # would go through the object store, which Ray warns (on every ingest) a restart may lose
