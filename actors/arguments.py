@@ -20,12 +20,20 @@ def add_ingest_arguments(parser: argparse.ArgumentParser, sources: str = "+") ->
     parser.add_argument("--config", default="configs/default.yaml", help="YAML settings (default: %(default)s)")
     parser.add_argument("--fps", type=float, help="samples per second (overrides reader.fps)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are drawn only when stderr is a terminal)")
 
 
 def add_monitor_arguments(parser: argparse.ArgumentParser) -> None:
     add_ingest_arguments(parser, sources="*")   # none: watch an index another process ingests
-    parser.add_argument("--json", action="store_true", help="print each alert row as JSON (thumbnail left out)")
+    parser.add_argument("--json", action="store_true",
+                        help="print each alert row as one line of JSON on stdout (thumbnail left out); the summaries "
+                             "go to stderr")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only: redirected to a file they would be carriage-return noise."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -40,19 +48,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def job_main(name: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
-    """`python -m actors.NAME`: parse, run, and turn usage errors into a message and exit code 2."""
+    """`python -m actors.NAME`: parse, then run through the wrapper `vidx` uses (one-line errors,
+    the same exit codes)."""
+    from indexer.console import quiet_libraries, run_command
+
     parser = argparse.ArgumentParser(prog=f"python -m actors.{name}", description=description)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress, library and actor output, and full tracebacks")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C while Ray starts, or a second Ctrl-C: nothing waited for
-        print(f"{name}: aborted", file=sys.stderr)
-        return 130
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
+    return run_command(name, lambda: run(args), verbose=args.verbose)
 
 
-__all__ = ["add_ingest_arguments", "add_monitor_arguments", "job_main", "settings_from_args"]
+__all__ = ["add_ingest_arguments", "add_monitor_arguments", "job_main", "settings_from_args", "show_progress"]

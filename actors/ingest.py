@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
-from actors.arguments import add_ingest_arguments, job_main, settings_from_args
+from actors.arguments import (
+    add_ingest_arguments,
+    job_main,
+    settings_from_args,
+    show_progress,
+)
 from actors.encoder import EncoderActor
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
+from indexer.console import plural
 from indexer.media.source import check_stream_id, parse_source
+from indexer.preflight import check_models, plan_ingest
 from indexer.settings import Settings
+from indexer.store.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
@@ -36,6 +46,8 @@ class IngestSummary:
     streams: list[StreamSummary] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: bool = False
+    committed: dict[str, int] = field(default_factory=dict)  # frames committed by this run, per stream
+    nothing_to_do: bool = False  # every source was already indexed to its end: Ray was not started
 
     @property
     def failed(self) -> list[StreamSummary]:
@@ -46,11 +58,22 @@ class IngestSummary:
         for s in self.streams:
             status = f"FAILED: {s.error}" if s.error else ("stopped" if s.stopped else "done")
             length = f"{s.duration_s:.1f} s" if s.duration_s else ("live" if s.live else "?")
-            out.append(f"  {s.stream_id}: {s.frames_sent} frames, {s.gaps} gaps, {length}; {status}")
-        frames = sum(s.frames_sent for s in self.streams)
-        out.append(f"{frames} frames from {len(self.streams)} sources in {self.wall_s:.1f} s"
+            if self.nothing_to_do:
+                out.append(f"  {s.stream_id}: already complete ({length})")
+                continue
+            out.append(f"  {s.stream_id}: {plural(self.frames(s), 'frame')}, {plural(s.gaps, 'gap')}, {length}; {status}")
+        if self.nothing_to_do:
+            out.append(f"nothing to do: {plural(len(self.streams), 'source')} already indexed to the end "
+                       "(a new --index indexes them again)")
+            return out
+        frames = sum(self.frames(s) for s in self.streams)
+        out.append(f"{plural(frames, 'frame')} from {plural(len(self.streams), 'source')} in {self.wall_s:.1f} s"
                    f"{' (interrupted, committed)' if self.interrupted else ''}")
         return out
+
+    def frames(self, stream: StreamSummary) -> int:
+        """Frames of `stream` this run committed (those sent, when the manifest was not read)."""
+        return self.committed.get(stream.stream_id, stream.frames_sent)
 
 
 def run_ingest(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
@@ -62,19 +85,32 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
+    plan = plan_ingest(parsed, root, settings.reader.fps)  # before Ray: a locked root, another fps, nothing to do
+    if plan.nothing_to_do:
+        return IngestSummary(str(root), [StreamSummary(e.stream_id, e.uri, e.live, e.duration_s)
+                                         for e in plan.complete], nothing_to_do=True)
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
+        check_models(settings)
     config = _absolute_paths(settings).model_dump(mode="json")
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     started = time.monotonic()
-    encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
-                .remote(config) for _ in range(settings.encoder.actors)]
-    layout = ray.get(encoders[0].layout.remote())
-    writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards,
-                                settings.search)
-    ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
+    # readers find the encoders and the writer by name: actor handles among constructor arguments
+    # would go through the object store, which Ray warns (on every ingest) a restart may lose
+    run_id = uuid.uuid4().hex[:12]
+    writer_name, encoder_names = f"vidx-{run_id}-writer", [f"vidx-{run_id}-encoder{i}"
+                                                           for i in range(settings.encoder.actors)]
+    encoders = [EncoderActor.options(name=name, num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
+                .remote(config) for name in encoder_names]
+    # the first call to each actor is not retried: a constructor that raised (a model that does not
+    # load, a locked root) ends the ingest with its error, without Ray's "will be retried" notices
+    layout = ray.get(encoders[0].layout.options(max_task_retries=0).remote())
+    writer = WriterActor.options(name=writer_name).remote(str(root), layout, settings.index.commit_interval_s,
+                                                       settings.index.max_vector_shards, settings.search)
+    ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
     _save_config(root, settings)
-    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer, str(root))
-               for s in parsed]
+    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
+               .remote(s, config, encoder_names, writer_name, str(root)) for s in parsed]
     runs = {reader.run.remote(): reader for reader in readers}
     summary = IngestSummary(str(root))
     stop = _StopRequest()
@@ -92,6 +128,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                     ray.get([reader.stop.remote() for reader in readers])
                 bars.update(ray.get(writer.progress.remote()))
         ray.get(writer.close.remote())
+        summary.committed = {sid: entry.frames - plan.frames_before.get(sid, 0)
+                             for sid, entry in read_manifest(root).streams.items()}
     finally:
         bars.close()
         for actor in [*readers, *encoders, writer]:
@@ -203,7 +241,7 @@ class _ProgressBars:
 
 def ingest_from_args(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=not args.no_progress)
+    summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=show_progress(args))
     print("\n".join(summary.lines()), flush=True)  # before `ray job stop` SIGKILLs a slow exit
     return 1 if summary.failed else 0
 

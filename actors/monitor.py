@@ -18,7 +18,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.arguments import add_monitor_arguments, job_main, settings_from_args
+from actors.arguments import (
+    add_monitor_arguments,
+    job_main,
+    settings_from_args,
+    show_progress,
+)
 from actors.ingest import IngestSummary, run_ingest
 from indexer.monitor.alerts import Alert
 from indexer.monitor.monitor import Monitor
@@ -89,23 +94,25 @@ def alert_line(alert: Alert) -> str:
 def monitor_from_args(args: argparse.Namespace) -> int:
     import json
 
+    from tqdm import tqdm
+
     settings = settings_from_args(args)
+    summaries = sys.stderr if args.json else sys.stdout  # --json: stdout is JSON lines only
 
     def show(alert: Alert) -> None:
-        if args.json:
-            print(json.dumps({**alert.to_json(), "thumbnail": None}), flush=True)
-        else:
-            print(alert_line(alert), flush=True)
+        line = json.dumps({**alert.to_json(), "thumbnail": None}) if args.json else alert_line(alert)
+        tqdm.write(line, file=sys.stdout)  # above the progress bars, which it redraws below
+        sys.stdout.flush()
 
     stats: dict = {}
-    summary = run_monitor(args.sources, args.index, settings, address=args.address, progress=not args.no_progress,
+    summary = run_monitor(args.sources, args.index, settings, address=args.address, progress=show_progress(args),
                           on_alert=show, stats=stats)
     if summary is not None:
-        print("\n".join(summary.lines()), flush=True)
+        print("\n".join(summary.lines()), file=summaries, flush=True)
     if stats.get("frames"):
         print(f"conditions: {stats['frames']} frame evaluations, {stats['candidates']} past the prefilter "
               f"({100 * stats['candidates'] / stats['frames']:.1f} %), {stats['verifications']} windows verified",
-              flush=True)
+              file=summaries, flush=True)
     return 1 if summary is not None and summary.failed else 0
 
 

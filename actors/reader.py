@@ -58,12 +58,13 @@ class _Sent:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2)
 class ReaderActor:
-    def __init__(self, source: Source, settings: dict, encoders: list, writer, root: str):
+    def __init__(self, source: Source, settings: dict, encoders: list[str], writer: str, root: str):
+        """`encoders`, `writer`: actor names (handles would travel through the object store)."""
         self.source = source
         self.settings = Settings.model_validate(settings)
         self.root = root
-        self.encoders = encoders
-        self.writer = writer
+        self.encoders = [ray.get_actor(name) for name in encoders]
+        self.writer = ray.get_actor(writer)
         self._stop = threading.Event()
         self._turn = 0
         self._inflight: deque[_Sent] = deque()

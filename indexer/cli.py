@@ -54,8 +54,46 @@ def parse_time(text: str) -> float:
     return sum(p * 60**i for i, p in enumerate(reversed(parts)))
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
+
+
+def _check_index(index: str) -> None:
+    """An index root is there (checked before the models load)."""
+    from indexer.stream_ids import index_stream_ids
+
+    if index_stream_ids(index) is None:
+        raise FileNotFoundError(f"{index}: no index here (no manifest.json); make one with "
+                                f"vidx ingest SOURCE --index {index}")
+
+
+def _check_ask(args: argparse.Namespace) -> list[str] | None:
+    """Bad arguments of `vidx ask`, found before torch and the models load (they take seconds);
+    returns the --stream ids in full."""
+    from pathlib import Path
+
+    from indexer.stream_ids import resolve_stream_ids
+
+    if not args.question.strip():
+        raise ValueError('the question is empty; ask one, e.g. vidx ask INDEX "what happens at the door?"')
+    _check_index(args.index)
+    if args.start is not None and args.end is not None and args.start > args.end:
+        raise ValueError(f"--from {args.start:g} s is after --to {args.end:g} s")
+    if args.config and not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    return resolve_stream_ids(args.stream, args.index) if args.stream else None
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
     import json
+
+    streams = _check_ask(args)
 
     from indexer.query.engine import QueryEngine
     from indexer.query.prompt import clock
@@ -63,7 +101,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from indexer.settings import load_settings
 
     engine = QueryEngine.open(args.index, load_settings(args.config) if args.config else None)
-    where = SearchFilter(tuple(args.stream) if args.stream else None, args.start, args.end)
+    where = SearchFilter(tuple(streams) if streams else None, args.start, args.end)
     answer = engine.ask(args.question, where, k=args.k)
     if args.json:
         print(json.dumps(answer.to_dict(), indent=2))
@@ -105,26 +143,29 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from indexer.monitor.queries import (
-        QueryStore,
-        StandingQuery,
-        Webhook,
-        check_webhook_address,
-    )
+    from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, Webhook, check_webhook_address
+    from indexer.monitor.webhooks import delivery_states, read_deliveries
+    from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
     root = Path(args.index).expanduser()
+    kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
+    if args.action == "add" and (kind == "condition") == (args.condition is None):
+        raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
+    for url in (args.webhook or []) if args.action == "add" else []:
+        check_webhook_address(url, allow_private=args.allow_private)
+    if args.action == "add":  # queries may come first: `vidx monitor` ingests into the folder later
+        root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such index folder (vidx ingest or vidx monitor creates it)")
+        raise FileNotFoundError(f"{root}: no such index folder (vidx watch add, vidx ingest or vidx monitor "
+                                "creates it)")
     store = QueryStore(root)
+    deliveries = [] if args.action == "add" else read_deliveries(root / MONITOR_DIR / "outbox")
     if args.action == "add":
-        kind = args.rule.replace("-", "_") if args.rule else "condition"
-        if (kind == "condition") == (args.condition is None):
-            raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
-        for url in args.webhook or []:
-            check_webhook_address(url, allow_private=args.allow_private)
         secret = {"secret": args.secret} if args.secret else {}
+        known = index_stream_ids(root) or []  # a stream not there yet is watched when it comes
+        streams = [match_stream_id(sid, known) or sid for sid in args.stream or []]
         query = StandingQuery(
-            id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=args.stream or [],
+            id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=streams,
             sensitivity=args.sensitivity, cooldown_s=args.cooldown,
             min_duration_s=args.min_duration,
             webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
@@ -139,7 +180,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             print(json.dumps([q.public() for q in queries], indent=2))
         for q in [] if args.json else queries:
             streams = ",".join(q.streams) or "all streams"
-            hooks = " ".join(w.url for w in q.webhooks) or "no webhooks"
+            hooks = " ".join(_webhook_text(w.url, [d for d in deliveries if d.url == w.url])
+                             for w in q.webhooks) or "no webhooks"
             print(f"{q.id}{' (paused)' if q.paused else ''}: {q.describe()} [{streams}] sensitivity {q.sensitivity} "
                   f"cooldown {q.cooldown_s:g} s min {q.min_duration_s:g} s -> {hooks}")
         if not queries and not args.json:
@@ -155,12 +197,28 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from actors.monitor import alert_line
     from indexer.monitor.alerts import AlertLog
 
-    alerts = AlertLog(root).alerts(stream_id=args.stream, query_id=args.query, limit=args.limit)
+    stream = resolve_stream_ids([args.stream], root)[0] if args.stream and index_stream_ids(root) else args.stream
+    alerts = AlertLog(root).alerts(stream_id=stream, query_id=args.query, limit=args.limit)
+
+    def sent(alert) -> list:
+        return [d for d in deliveries if d.id.startswith(f"{alert.alert_id}:")]
+
     if args.json:
-        print(json.dumps([{**a.to_json(), "thumbnail": None} for a in alerts], indent=2))
+        print(json.dumps([{**a.to_json(), "thumbnail": None,
+                           "webhooks": [{"url": d.url, "event": d.event, "state": d.state, "attempts": d.attempts,
+                                         "last_error": d.last_error} for d in sent(a)]} for a in alerts], indent=2))
     else:
-        print("\n".join(alert_line(a) for a in alerts) or f"no alerts in {root}")
+        print("\n".join(alert_line(a) + (f" | webhooks: {delivery_states(sent(a))}" if sent(a) else "")
+                        for a in alerts) or f"no alerts in {root}")
     return 0
+
+
+def _webhook_text(url: str, deliveries: list) -> str:
+    """A webhook as `vidx watch list` shows it: its URL and how its deliveries went."""
+    from indexer.monitor.webhooks import delivery_states
+
+    summary = delivery_states(deliveries)
+    return f"{url} [{summary}]" if summary else url
 
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
@@ -169,11 +227,12 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                                        "picks up changes within a poll.")
     actions = watch.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="a natural-language condition, or a model-free --rule")
-    add.add_argument("index")
+    add.add_argument("index", help="index root (created if missing: add queries before the first vidx monitor)")
     add.add_argument("condition", nargs="?", help='e.g. "a person climbs the fence"')
     add.add_argument("--rule", choices=["black", "frozen", "signal-lost"], help="a model-free condition instead")
     add.add_argument("--id", help="query id (default: q1, q2, ...)")
-    add.add_argument("--stream", action="append", help="watch only this stream (repeat; default: every stream)")
+    add.add_argument("--stream", action="append",
+                     help="watch only this stream, or the one whose id begins so (repeat; default: every stream)")
     add.add_argument("--sensitivity", type=float, default=0.5, help="0..1, higher fires more easily (default 0.5)")
     add.add_argument("--cooldown", type=float, default=60.0, help="seconds of quiet after an alert (default 60)")
     add.add_argument("--min-duration", type=float,
@@ -187,17 +246,17 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
         action = actions.add_parser(name, help={"list": "the standing queries", "pause": "stop evaluating a query",
                                                 "resume": "evaluate a paused query again",
                                                 "rm": "remove a query"}[name])
-        action.add_argument("index")
+        action.add_argument("index", help="index root")
         if name == "list":
-            action.add_argument("--json", action="store_true")
+            action.add_argument("--json", action="store_true", help="print the queries as JSON (secrets left out)")
         else:
-            action.add_argument("query_id")
-    alerts = actions.add_parser("alerts", help="the alerts raised, newest first")
-    alerts.add_argument("index")
-    alerts.add_argument("--stream")
-    alerts.add_argument("--query")
-    alerts.add_argument("--limit", type=int, default=50)
-    alerts.add_argument("--json", action="store_true")
+            action.add_argument("query_id", help="the query's id (vidx watch list shows them)")
+    alerts = actions.add_parser("alerts", help="the alerts raised, newest first, with their webhook deliveries")
+    alerts.add_argument("index", help="index root")
+    alerts.add_argument("--stream", help="only this stream's alerts (a unique prefix of its id will do)")
+    alerts.add_argument("--query", help="only this query's alerts")
+    alerts.add_argument("--limit", type=positive_int, default=50, help="at most this many (default %(default)s)")
+    alerts.add_argument("--json", action="store_true", help="print the alerts as JSON (thumbnails left out)")
     watch.set_defaults(func=_cmd_watch)
 
 
@@ -252,7 +311,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidx", description="Index and question hours of video with LLaMA-VID.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress, loading details, library and Ray actor output, and full tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe an index root, or a LLaMA-VID model folder")
@@ -268,10 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="folder to create; the model folder is OUT/model, the CLIP OUT/clip")
     tiny.add_argument("--compress-type", default="mean", help="'mean' or 'grid:N'")
     tiny.add_argument("--projector", default="mlp2x_gelu", help="'linear' or 'mlpNx_gelu'")
-    tiny.add_argument("--bert-type", default="qformer_pretrain")
-    tiny.add_argument("--num-query", type=int, default=16)
-    tiny.add_argument("--format", choices=["bin", "safetensors"], default="bin")
-    tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    tiny.add_argument("--bert-type", default="qformer_pretrain", help="config.json's bert_type (default %(default)s)")
+    tiny.add_argument("--num-query", type=positive_int, default=16, help="Q-Former queries (default %(default)s)")
+    tiny.add_argument("--format", choices=["bin", "safetensors"], default="bin",
+                      help="weights files: pytorch_model-*.bin shards as released, or safetensors (default %(default)s)")
+    tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                      help="dtype of the stored weights (default %(default)s)")
     tiny.set_defaults(func=_cmd_tiny)
 
     from actors.arguments import add_ingest_arguments, add_monitor_arguments
@@ -282,11 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="ask a question over an index; the answer cites the moments it used")
     ask.add_argument("index", help="index root written by vidx ingest")
-    ask.add_argument("question")
-    ask.add_argument("--stream", action="append", help="only this stream (repeat for several)")
+    ask.add_argument("question", help='the question, e.g. "when does the courier leave the parcel?"')
+    ask.add_argument("--stream", action="append",
+                     help="only this stream, or the one whose id begins so (repeat for several)")
     ask.add_argument("--from", dest="start", type=parse_time, help="media time to start at (seconds or H:MM:SS)")
     ask.add_argument("--to", dest="end", type=parse_time, help="media time to end at (seconds or H:MM:SS)")
-    ask.add_argument("--k", type=int, help="frames to retrieve (default: query.k)")
+    ask.add_argument("--k", type=positive_int, help="frames to retrieve (default: query.k)")
     ask.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
     ask.set_defaults(func=_cmd_ask)
@@ -305,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: %(default)s); any non-loopback address needs a token")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--token", help="required on every /api request (default: $VIDX_TOKEN, which other users "
                                        "cannot see in the process list); the page asks for it")
     serve.add_argument("--media-root", action="append",
@@ -316,22 +380,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
     demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "
                                        "tiny random one")
-    demo.add_argument("--frames", type=int, default=8)
-    demo.add_argument("--question", default="What is happening in this video?")
+    demo.add_argument("--frames", type=positive_int, default=8, help="frames of the generated clip (default %(default)s)")
+    demo.add_argument("--question", default="What is happening in this video?", help="what to ask (default: %(default)s)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llamavid-indexer")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from indexer.console import quiet_libraries, run_command
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
-        print(f"vidx {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    quiet_libraries(args.verbose)
+    return run_command(f"vidx {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

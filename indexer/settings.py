@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.media.source import ReaderOptions
 
@@ -176,14 +176,19 @@ class Settings(BaseModel):
 
 def load_settings(path: str | Path) -> Settings:
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file {path} not found (relative to {Path.cwd()}); give --config: "
+                                "configs/tiny.yaml for the tiny models `vidx tiny out/tiny` writes, "
+                                "configs/default.yaml for the real ones (paths relative to the repository root)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read settings {path}: {exc}") from exc
     try:
         return Settings.model_validate(raw)
-    except Exception as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except ValidationError as exc:  # one line: each field by its dotted name, what is wrong, what was given
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from exc
 
 
 __all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",

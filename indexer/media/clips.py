@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 
+from indexer.media.reader import describe_media_error
 from indexer.media.ring import RingSegment, ring_segments
 from indexer.store.files import TMP_SUFFIX, fsync_dir
 
@@ -67,7 +68,7 @@ def cut_clip(out: Path, start_s: float, end_s: float, *, ring_dir: Path | None =
         try:
             span, reencoded = _write(tmp, clip_input, start_s, end_s)
         except av.error.FFmpegError as exc:
-            raise ValueError(f"{clip_input.name}: cannot write the clip {out}: {exc}") from exc
+            raise ValueError(f"{clip_input.name}: cannot write the clip {out}: {describe_media_error(exc)}") from exc
         fsync_dir(tmp)  # (opens and fsyncs any path): the clip's bytes before its name
         os.replace(tmp, out)
         fsync_dir(out.parent)
@@ -139,7 +140,7 @@ def _segment_packets(container: av.container.InputContainer, segment: RingSegmen
                 dts_s = pts_s if packet.dts is None else segment.media_time(packet.dts * tick_s)
                 yield _Timed(packet, pts_s, dts_s)
     except READ_ERRORS as exc:
-        raise ValueError(f"ring segment {segment.path}: unreadable: {exc}") from exc
+        raise ValueError(f"ring segment {segment.path}: unreadable: {describe_media_error(exc)}") from exc
 
 
 class _FileInput:
@@ -171,7 +172,7 @@ class _FileInput:
                 dts_s = pts_s if packet.dts is None else packet.dts * tick_s - self._zero_s
                 yield _Timed(packet, pts_s, dts_s)
         except READ_ERRORS as exc:
-            raise ValueError(f"{self.name}: read failed: {exc}") from exc
+            raise ValueError(f"{self.name}: read failed: {describe_media_error(exc)}") from exc
 
     def close(self) -> None:
         self._container.close()
@@ -185,7 +186,7 @@ def _open(name: str | Path, missing_ok: bool = False) -> av.container.InputConta
             return None
         raise FileNotFoundError(exc.errno, f"no such file: {name}", str(name)) from exc
     except READ_ERRORS as exc:
-        raise ValueError(f"{name}: cannot open: {exc}") from exc
+        raise ValueError(f"{name}: cannot open: {describe_media_error(exc)}") from exc
     if not container.streams.video:
         container.close()
         raise ValueError(f"{name}: no video stream")

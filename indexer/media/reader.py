@@ -131,7 +131,7 @@ class SourceReader:
         except FileNotFoundError as exc:
             raise SourceError(self.source.uri, "no such file") from exc
         except MEDIA_ERRORS as exc:
-            raise SourceError(self.source.uri, f"cannot open: {_describe(exc)}") from exc
+            raise SourceError(self.source.uri, f"cannot open: {describe_media_error(exc)}") from exc
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             container.close()
@@ -217,8 +217,8 @@ class SourceReader:
                     down_reason = "stream ended"
                 except MEDIA_ERRORS as exc:
                     if not info.live:
-                        raise SourceError(self.source.uri, f"read failed: {_describe(exc)}") from exc
-                    down_reason = f"connection lost: {_describe(exc)}"
+                        raise SourceError(self.source.uri, f"read failed: {describe_media_error(exc)}") from exc
+                    down_reason = f"connection lost: {describe_media_error(exc)}"
             # live source is down: close, then reconnect with backoff until it answers or we give up
             self._close()
             now = time.monotonic()
@@ -295,10 +295,10 @@ class SourceReader:
 
     def _decode_error(self, exc: Exception) -> None:
         self.decode_errors += 1
-        self.info.errors.append(_describe(exc))
+        self.info.errors.append(describe_media_error(exc))
         if self.decode_errors >= self.options.max_decode_errors:
             raise SourceError(self.source.uri, f"{self.decode_errors} undecodable packets in a row "
-                                               f"(last: {_describe(exc)})")
+                                               f"(last: {describe_media_error(exc)})")
 
     def _to_sampled(self, sample: Sample, wall: float | None) -> SampledFrame:
         frame: av.VideoFrame = sample.item
@@ -322,7 +322,7 @@ class SourceReader:
         try:
             container.seek(max(0, target - 1_000_000), backward=True)  # a second early: keyframe <= target
         except MEDIA_ERRORS as exc:
-            raise SourceError(self.source.uri, f"cannot seek to {time_s:.3f} s to resume: {_describe(exc)}") from exc
+            raise SourceError(self.source.uri, f"cannot seek to {time_s:.3f} s to resume: {describe_media_error(exc)}") from exc
 
     def _close(self) -> None:
         if self._container is not None:
@@ -356,8 +356,12 @@ def _duration_s(container, stream) -> float | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_media_error(exc: BaseException) -> str:
+    """An FFmpeg error by its name and FFmpeg's words ('InvalidDataError: Invalid data found when
+    processing input'), not PyAV's str() ('[Errno 1094995529] ...: path'; the caller names the source)."""
+    if isinstance(exc, av.error.FFmpegError):
+        return f"{type(exc).__name__}: {exc.strerror}"
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "scaled_size"]
+__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "scaled_size"]

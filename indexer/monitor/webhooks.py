@@ -91,13 +91,15 @@ class _Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> tuple[dict[str, Delivery], int]:
-        """Replay the log; return the deliveries by id and the number of lines read."""
+    def load(self, repair: bool = True) -> tuple[dict[str, Delivery], int]:
+        """Replay the log; return the deliveries by id and the number of lines read. `repair=False`
+        (a reader beside the running sender) leaves a torn last line alone: it may be an append
+        in progress."""
         if not self.path.exists():
             return {}, 0
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
+        if end < len(data) and repair:
             # A crash mid-append left a torn last line: cut it, or the next append would extend it.
             logger.warning("webhook outbox %s: ignoring a torn last line (%d bytes)", self.path, len(data) - end)
             os.truncate(self.path, end)
@@ -117,7 +119,7 @@ class _Outbox:
                 continue
             record["body"] = record["body"].encode()
             deliveries[id_] = Delivery(**record)
-        if bad:
+        if bad and repair:
             logger.warning("webhook outbox %s: skipped %d unreadable lines", self.path, bad)
         return deliveries, lines
 
@@ -363,12 +365,37 @@ class WebhookSender:
                     "webhook dead letter: %s to %s (delivery %s) failed after %d attempts: %s",
                     d.event, d.url, d.id, d.attempts, d.last_error,
                 )
-            elif d.state == "pending":
-                logger.debug(
-                    "webhook %s to %s: attempt %d failed (%s), retrying", d.id, d.url, d.attempts, d.last_error
+            elif d.state == "pending":  # the first failure is shown (vidx monitor prints it), the retries logged
+                logger.log(
+                    logging.WARNING if d.attempts == 1 else logging.DEBUG,
+                    "webhook %s to %s: attempt %d of %d failed (%s); retrying with backoff", d.event, d.url,
+                    d.attempts, self.max_attempts, d.last_error,
                 )
             if d.state != "pending":
                 self._changed.notify_all()
+
+
+def read_deliveries(outbox_dir: Path) -> list[Delivery]:
+    """The outbox's deliveries as its last lines say, oldest first, read without touching the file
+    (a running monitor may be appending)."""
+    deliveries, _ = _Outbox(Path(outbox_dir) / OUTBOX_NAME).load(repair=False)
+    return sorted(deliveries.values(), key=lambda d: d.created_at)
+
+
+def delivery_states(deliveries: list[Delivery]) -> str:
+    """'2 delivered, 1 retrying (attempt 3: HTTP 503), 1 dead (connect error: ...)'; '' for none."""
+    parts = []
+    for state, word in (("delivered", "delivered"), ("pending", "retrying"), ("dead", "dead")):
+        found = [d for d in deliveries if d.state == state]
+        if not found:
+            continue
+        last = max(found, key=lambda d: d.finished_at or d.next_attempt_at or d.created_at)
+        if state == "pending" and not last.attempts:
+            word = "pending"
+        detail = f" (attempt {last.attempts}: {last.last_error})" if state == "pending" and last.last_error else ""
+        detail = f" ({last.last_error})" if state == "dead" else detail
+        parts.append(f"{len(found)} {word}{detail}")
+    return ", ".join(parts)
 
 
 def _seconds(retry_after: str | None) -> float | None:
@@ -385,7 +412,9 @@ __all__ = [
     "SIGNATURE_HEADER",
     "Delivery",
     "WebhookSender",
+    "delivery_states",
     "encode_payload",
+    "read_deliveries",
     "sign",
     "verify_signature",
 ]

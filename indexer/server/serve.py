@@ -52,22 +52,31 @@ def serve(index: str | Path, settings: Settings | None = None, host: str = "127.
     """Load the index's models and serve until Ctrl-C (uvicorn says where; `access_log`: a line per request)."""
     import uvicorn
 
+    from indexer.preflight import bind_port
     from indexer.query.engine import QueryEngine
     from indexer.server.app import create_app
+    from indexer.stream_ids import index_stream_ids
 
     check_exposure(host, token)  # before the minutes a real model takes to load
-    engine = QueryEngine.open(index, settings)
+    if index_stream_ids(index) is None:
+        raise FileNotFoundError(f"{index}: no index here (no manifest.json); make one with vidx ingest")
+    sock = bind_port(host, port)  # likewise: a port in use fails now, and the port is ours meanwhile
     access = logging.getLogger("uvicorn.access")
     redact = RedactTokens()
     access.addFilter(redact)
     try:
-        app = create_app(engine, token=token or None, media_roots=media_roots,
-                         allow_private_webhooks=engine.settings.monitor.webhooks.allow_private)
-        logger.info("serving %s on %s:%d (the page at /, API docs at /docs)", index, host, port)
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+        engine = QueryEngine.open(index, settings)
+        try:
+            app = create_app(engine, token=token or None, media_roots=media_roots,
+                             allow_private_webhooks=engine.settings.monitor.webhooks.allow_private)
+            logger.info("serving %s on %s:%d (the page at /, API docs at /docs)", index, host, port)
+            config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            engine.close()
     finally:
         access.removeFilter(redact)
-        engine.close()
+        sock.close()
 
 
 __all__ = ["MIN_TOKEN_CHARS", "RedactTokens", "check_exposure", "is_loopback", "serve"]

@@ -58,6 +58,15 @@ class StreamEntry(BaseModel):
     error: str | None = None
     segments: list[Segment] = Field(default_factory=list)
 
+    def check_resume(self, uri: str, fps: float) -> None:
+        """A rerun resumes this stream only from the same source at the same fps."""
+        if self.uri != uri:
+            raise ValueError(f"stream id {self.stream_id!r} already holds {self.uri}, not {uri}; "
+                             "name the new source differently (NAME=URI)")
+        if abs(self.fps - fps) > 1e-9:
+            raise ValueError(f"stream {self.stream_id!r} ({uri}) was indexed at {self.fps} fps, not {fps}; "
+                             f"resume it with --fps {self.fps} or index it into a new --index")
+
 
 class VectorShard(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -61,7 +61,7 @@ class IndexWriter:
                  max_vector_shards: int = 32, search: SearchSettings | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire_lock(self.root)
+        self._lock = acquire_lock(self.root)
         manifest = read_manifest(self.root)
         if manifest is None:
             manifest = Manifest(layout=layout)
@@ -94,12 +94,7 @@ class IndexWriter:
             self._expected[info.stream_id] = 0
             self._last_gap[info.stream_id] = None
         else:
-            if entry.uri != info.uri:
-                raise ValueError(f"stream id {info.stream_id!r} already holds {entry.uri}, not {info.uri}; "
-                                 "name the new source differently (NAME=URI)")
-            if abs(entry.fps - fps) > 1e-9:
-                raise ValueError(f"stream {info.stream_id!r} ({info.uri}) was indexed at {entry.fps} fps; "
-                                 f"resume it with --fps {entry.fps} or index it into a new root")
+            entry.check_resume(info.uri, fps)
             entry.duration_s = info.duration_s or entry.duration_s
             entry.error = None
         self._dirty.add(info.stream_id)
@@ -187,8 +182,7 @@ class IndexWriter:
 
     def close(self) -> None:
         self.commit()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        os.close(self._lock)
+        release_lock(self._lock)
 
     # -- internals -------------------------------------------------------------------------------
     def _write_segment(self, generation: int, manifest: Manifest, entry: StreamEntry,
@@ -298,7 +292,8 @@ def check_layout(root: Path, existing: Layout, wanted: Layout) -> None:
                          "ingest into a new --index or use the same config")
 
 
-def _acquire_lock(root: Path) -> int:
+def acquire_lock(root: Path) -> int:
+    """The index root's writer lock (an flock, so a crashed writer never leaves it held)."""
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -309,4 +304,9 @@ def _acquire_lock(root: Path) -> int:
     return fd
 
 
-__all__ = ["AppendResult", "IndexWriter", "check_layout", "concat"]
+def release_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+__all__ = ["AppendResult", "IndexWriter", "acquire_lock", "check_layout", "concat", "release_lock"]
