@@ -115,7 +115,7 @@ def test_version():
 def test_watch_add_creates_a_new_index_folder_and_list_shows_webhook_deliveries(tmp_path):
     root = tmp_path / "runs" / "cams"  # the README's monitoring example starts here, before any ingest
     added = vidx("watch", "add", str(root), "a person climbs the fence", "--id", "fence", "--stream", "gate",
-                 "--webhook", "http://127.0.0.1:9/hooks")
+                 "--webhook", "http://127.0.0.1:9/hooks", "--allow-private")
     assert added.returncode == 0, added.stderr
     assert root.is_dir() and "added fence" in added.stdout
     outbox = root / "monitor" / "outbox"
