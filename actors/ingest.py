@@ -21,13 +21,17 @@ from tqdm import tqdm
 
 from actors.arguments import add_ingest_arguments, job_main, settings_from_args
 from actors.encoder import EncoderActor
+from actors.feed import Feeder, feeds_reader, start_captures
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
-from indexer.media.source import check_stream_id, parse_source
+from indexer.media.capture_process import RemoteCapture
+from indexer.media.source import Source, check_stream_id, parse_source
 from indexer.settings import Settings
+from indexer.store.manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
+FEEDER_JOIN_S = 5.0   # at exit: how long a feeder may take to notice its reader is gone
 
 
 @dataclass
@@ -56,31 +60,68 @@ class IngestSummary:
 def run_ingest(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
                progress: bool = True) -> IngestSummary:
     """Index `sources` into `index`; returns when every source has ended (or on Ctrl-C/SIGTERM,
-    after committing)."""
+    after committing). Live sources are read from the first second, while Ray and the models
+    start (actors/feed.py)."""
+    started = time.monotonic()
     parsed = [parse_source(s) for s in sources]
     ids = [check_stream_id(s.stream_id) for s in parsed]
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
+    manifest = read_manifest(root)
+    if nothing_left(parsed, manifest, settings.reader.fps):
+        return IngestSummary(str(root), [StreamSummary(s.stream_id, s.uri, duration_s=manifest.streams[s.stream_id].duration_s)
+                                         for s in parsed], time.monotonic() - started)
     config = _absolute_paths(settings).model_dump(mode="json")
+    capturing = start_captures(parsed, root, settings, manifest)
+    try:
+        summary = _ingest_on_ray(parsed, root, settings, config, capturing.captures if capturing else {}, address,
+                                 progress)
+    finally:
+        if capturing:
+            capturing.close()
+    order = {sid: i for i, sid in enumerate(ids)}
+    summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+def nothing_left(sources: list[Source], manifest: Manifest | None, fps: float) -> bool:
+    """Every source is a file (or a plain URL) that the index holds complete at this fps: a rerun
+    would only open each to find it done. Decided from the manifest alone, before Ray starts."""
+    if manifest is None:
+        return False
+    for source in sources:
+        entry = manifest.streams.get(source.stream_id)
+        if source.maybe_live or entry is None or not entry.complete or entry.live or entry.uri != source.uri \
+                or abs(entry.fps - fps) > 1e-9:
+            return False
+    return True
+
+
+def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config: dict,
+                   captures: dict[str, RemoteCapture], address: str | None, progress: bool) -> IngestSummary:
+    """Every actor is created at once, so worker processes start while the encoders load their
+    models; the readers start reading once the writer has opened the root."""
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-    started = time.monotonic()
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
                 .remote(config) for _ in range(settings.encoder.actors)]
-    layout = ray.get(encoders[0].layout.remote())
+    layout = encoders[0].layout.remote()  # Ray hands the writer the value once the model is loaded
     writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards,
                                 settings.search)
-    ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
-    _save_config(root, settings)
-    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer, str(root))
-               for s in parsed]
-    runs = {reader.run.remote(): reader for reader in readers}
+    fed = {s.stream_id: feeds_reader(captures.get(s.stream_id)) for s in parsed}
+    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
+               .remote(s, config, encoders, writer, str(root), fed=fed[s.stream_id]) for s in parsed]
+    feeders = [Feeder(captures[s.stream_id], reader).start() for s, reader in zip(parsed, readers) if fed[s.stream_id]]
     summary = IngestSummary(str(root))
-    stop = _StopRequest()
     bars = _ProgressBars(parsed, enabled=progress)
-    pending = list(runs)
     try:
+        ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
+        _save_config(root, settings)
+        runs = {reader.run.remote(): reader for reader in readers}
+        stop = _StopRequest()
+        pending = list(runs)
         with stop:
             while pending:
                 done, pending = ray.wait(pending, timeout=0.5)
@@ -89,6 +130,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                     ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
                 if stop.requested and not summary.interrupted:
                     summary.interrupted = True
+                    for capture in captures.values():
+                        capture.stop()
                     ray.get([reader.stop.remote() for reader in readers])
                 bars.update(ray.get(writer.progress.remote()))
         ray.get(writer.close.remote())
@@ -96,9 +139,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
         bars.close()
         for actor in [*readers, *encoders, writer]:
             ray.kill(actor, no_restart=True)
-    order = {sid: i for i, sid in enumerate(ids)}
-    summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
-    summary.wall_s = time.monotonic() - started
+        for feeder in feeders:
+            feeder.join(FEEDER_JOIN_S)
     return summary
 
 
