@@ -70,8 +70,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     root = Path(index).expanduser().resolve()
     manifest = read_manifest(root)
     if nothing_left(parsed, manifest, settings.reader.fps):
-        return IngestSummary(str(root), [StreamSummary(s.stream_id, s.uri, duration_s=manifest.streams[s.stream_id].duration_s)
-                                         for s in parsed], time.monotonic() - started)
+        done = [StreamSummary(s.stream_id, s.uri, duration_s=manifest.streams[s.stream_id].duration_s) for s in parsed]
+        return IngestSummary(str(root), done, time.monotonic() - started)
     config = _absolute_paths(settings).model_dump(mode="json")
     capturing = start_captures(parsed, root, settings, manifest)
     try:
@@ -130,8 +130,6 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
                     ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
                 if stop.requested and not summary.interrupted:
                     summary.interrupted = True
-                    for capture in captures.values():
-                        capture.stop()
                     ray.get([reader.stop.remote() for reader in readers])
                 bars.update(ray.get(writer.progress.remote()))
         ray.get(writer.close.remote())

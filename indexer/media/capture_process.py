@@ -119,9 +119,6 @@ class RemoteCapture:
             time.sleep(timeout_s)
         return items
 
-    def stop(self) -> None:
-        self.process.call("stop", self.source.stream_id)
-
     def close(self) -> None:
         """Stop it and forget what it holds (the child goes with `CaptureProcess.close`)."""
         self.process.call("close_one", self.source.stream_id)
@@ -153,8 +150,6 @@ def _serve(conn: Connection) -> None:
             elif op == "take":
                 items = capture.take(args[0], 0.0)
                 reply = (items, capture.finished, capture.error.reason if capture.error else None)
-            elif op == "stop":
-                reply = capture.stop()
             elif op == "close_one":
                 reply = capture.close()
             else:
