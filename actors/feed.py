@@ -1,10 +1,10 @@
 """Live sources captured by the driver and fed to their `ReaderActor`s.
 
-The ingest driver opens every live source before it starts Ray (`LiveCapture`s in a child
-process, indexer/media/capture_process.py: sampling on the stream's own clock from the first
-second). Once the reader actors exist, a `Feeder` thread per
-source pushes what was captured, and then what goes on arriving, to `ReaderActor.feed`, one
-chunk in flight: every sample reaches the reader once, in order, through the one connection.
+The ingest driver opens every live source before it starts Ray (actors/capture.py: `LiveCapture`s
+in a child process, sampling on the stream's own clock from the first second). Once the reader
+actors exist, a `Feeder` thread per source pushes what was captured, and then what goes on
+arriving, to `ReaderActor.feed`, one chunk in flight: every sample reaches the reader once, in
+order, through the one connection.
 In the actor a `FedSource` stands in for the `SourceReader` the reader would otherwise open."""
 
 from __future__ import annotations
@@ -13,21 +13,12 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray
 
-from indexer.media.capture_process import (
-    CaptureProcess,
-    CaptureRequest,
-    RemoteCapture,
-    RingSettings,
-)
+from indexer.media.capture_process import RemoteCapture
 from indexer.media.reader import Gap, SampledFrame, SourceInfo
 from indexer.media.source import Source, SourceError
-from indexer.monitor.monitor import ring_dir
-from indexer.settings import Settings
-from indexer.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -104,40 +95,6 @@ class FedSource:
         """The connection is the driver's: nothing to close here."""
 
 
-def start_captures(sources: list[Source], root: Path, settings: Settings,
-                   manifest: Manifest | None) -> CaptureProcess | None:
-    """A capture per source that may be live, started now in a child process (None: no such
-    source), resuming where the index's manifest says the stream was committed; the stream's
-    recent segments go to its ring for alert clips."""
-    requests = []
-    for source in sources:
-        if not source.maybe_live:
-            continue
-        entry = manifest.streams.get(source.stream_id) if manifest else None
-        ring = None
-        if settings.monitor.ring_s > 0:
-            ring = RingSettings(str(ring_dir(root, source.stream_id)), settings.monitor.ring_s,
-                                settings.monitor.ring_segment_s)
-        requests.append(CaptureRequest(source, settings.reader, entry.next_index if entry else 0,
-                                       entry.watermark_s if entry else None, ring))
-    return CaptureProcess(requests) if requests else None
-
-
-def feeds_reader(capture: RemoteCapture | None) -> bool:
-    """Whether the source's reader takes its samples from `capture`: when the source is live, or
-    failed to open (the reader reports that as it would its own failure). A source that turned
-    out not to be live is closed here: its reader reads it from the start."""
-    if capture is None:
-        return False
-    try:
-        if capture.wait_opened().live:
-            return True
-    except SourceError:
-        return True
-    capture.close()
-    return False
-
-
 class Feeder:
     """Pushes what `capture` samples to `reader` (a `ReaderActor` made with `fed=True`) in a
     thread, until the source ends or the reader is gone."""
@@ -176,4 +133,4 @@ class Feeder:
                 return
 
 
-__all__ = ["FedSource", "Feed", "Feeder", "feeds_reader", "start_captures"]
+__all__ = ["FedSource", "Feed", "Feeder"]

@@ -15,19 +15,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ray
 from tqdm import tqdm
 
 from actors.arguments import add_ingest_arguments, job_main, settings_from_args
-from actors.encoder import EncoderActor
-from actors.feed import Feeder, feeds_reader, start_captures
-from actors.reader import ReaderActor, StreamSummary
-from actors.writer import WriterActor
+from actors.capture import feeds_reader, start_captures
 from indexer.media.capture_process import RemoteCapture
 from indexer.media.source import Source, check_stream_id, parse_source
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest, read_manifest
+
+if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
+    from actors.reader import StreamSummary
 
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
@@ -70,6 +70,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     root = Path(index).expanduser().resolve()
     manifest = read_manifest(root)
     if nothing_left(parsed, manifest, settings.reader.fps):
+        from actors.reader import StreamSummary
+
         done = [StreamSummary(s.stream_id, s.uri, duration_s=manifest.streams[s.stream_id].duration_s) for s in parsed]
         return IngestSummary(str(root), done, time.monotonic() - started)
     config = _absolute_paths(settings).model_dump(mode="json")
@@ -103,6 +105,14 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
                    captures: dict[str, RemoteCapture], address: str | None, progress: bool) -> IngestSummary:
     """Every actor is created at once, so worker processes start while the encoders load their
     models; the readers start reading once the writer has opened the root."""
+    # imported here, not at the top: seconds on a busy machine that live sources need not wait for
+    import ray
+
+    from actors.encoder import EncoderActor
+    from actors.feed import Feeder
+    from actors.reader import ReaderActor
+    from actors.writer import WriterActor
+
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     encoders = [EncoderActor.options(num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
