@@ -127,6 +127,7 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
     summary = IngestSummary(str(root))
     bars = _ProgressBars(parsed, enabled=progress)
     try:
+        ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
         ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
         _save_config(root, settings)
         runs = {reader.run.remote(): reader for reader in readers}
