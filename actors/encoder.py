@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 
-from indexer.batches import EncodedBatch, FrameBatch
-from indexer.encoding import FrameEncoder
 from indexer.settings import Settings
-from indexer.store.manifest import Layout
+
+if TYPE_CHECKING:
+    from indexer.batches import EncodedBatch, FrameBatch
+    from indexer.store.manifest import Layout
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class EncoderActor:
     def __init__(self, settings: dict):
+        import torch  # here, not at the top: the driver imports this module and needs neither
+
+        from indexer.encoding import FrameEncoder
+
         self.settings = Settings.model_validate(settings)
         torch.set_num_threads(max(1, int(self.settings.encoder.num_cpus)))
         self.encoder = FrameEncoder.from_settings(self.settings)

@@ -17,8 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ray
 from tqdm import tqdm
 
 from actors.arguments import (
@@ -27,17 +27,20 @@ from actors.arguments import (
     settings_from_args,
     show_progress,
 )
-from actors.encoder import EncoderActor
-from actors.reader import ReaderActor, StreamSummary
-from actors.writer import WriterActor
+from actors.capture import feeds_reader, start_captures
 from indexer.console import plural
-from indexer.media.source import check_stream_id, parse_source
-from indexer.preflight import check_models, plan_ingest
+from indexer.media.capture_process import RemoteCapture
+from indexer.media.source import Source, check_stream_id, parse_source
+from indexer.preflight import IngestPlan, check_models, plan_ingest
 from indexer.settings import Settings
 from indexer.store.manifest import read_manifest
 
+if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
+    from actors.reader import StreamSummary
+
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
+FEEDER_JOIN_S = 5.0   # at exit: how long a feeder may take to notice its reader is gone
 
 
 @dataclass
@@ -79,7 +82,9 @@ class IngestSummary:
 def run_ingest(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
                progress: bool = True) -> IngestSummary:
     """Index `sources` into `index`; returns when every source has ended (or on Ctrl-C/SIGTERM,
-    after committing)."""
+    after committing). Live sources are read from the first second, while Ray and the models
+    start (actors/feed.py)."""
+    started = time.monotonic()
     parsed = [parse_source(s) for s in sources]
     ids = [check_stream_id(s.stream_id) for s in parsed]
     if len(set(ids)) != len(ids):
@@ -87,14 +92,41 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     root = Path(index).expanduser().resolve()
     plan = plan_ingest(parsed, root, settings.reader.fps)  # before Ray: a locked root, another fps, nothing to do
     if plan.nothing_to_do:
+        from actors.reader import StreamSummary
+
         return IngestSummary(str(root), [StreamSummary(e.stream_id, e.uri, e.live, e.duration_s)
-                                         for e in plan.complete], nothing_to_do=True)
-    if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
-        check_models(settings)
+                                         for e in plan.complete], time.monotonic() - started, nothing_to_do=True)
     config = _absolute_paths(settings).model_dump(mode="json")
+    capturing = start_captures(parsed, root, settings, read_manifest(root))
+    try:
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
+            check_models(settings)
+        summary = _ingest_on_ray(parsed, root, settings, config, capturing.captures if capturing else {}, address,
+                                 progress, plan)
+    finally:
+        if capturing:
+            capturing.close()
+    order = {sid: i for i, sid in enumerate(ids)}
+    summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config: dict,
+                   captures: dict[str, RemoteCapture], address: str | None, progress: bool,
+                   plan: IngestPlan) -> IngestSummary:
+    """Every actor is created at once, so worker processes start while the encoders load their
+    models; the readers start reading once the writer has opened the root."""
+    # imported here, not at the top: seconds on a busy machine that live sources need not wait for
+    import ray
+
+    from actors.encoder import EncoderActor
+    from actors.feed import Feeder
+    from actors.reader import ReaderActor
+    from actors.writer import WriterActor
+
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-    started = time.monotonic()
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     # readers find the encoders and the writer by name: actor handles among constructor arguments
     # would go through the object store, which Ray warns (on every ingest) a restart may lose
     run_id = uuid.uuid4().hex[:12]
@@ -104,19 +136,22 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                 .remote(config) for name in encoder_names]
     # the first call to each actor is not retried: a constructor that raised (a model that does not
     # load, a locked root) ends the ingest with its error, without Ray's "will be retried" notices
-    layout = ray.get(encoders[0].layout.options(max_task_retries=0).remote())
+    layout = encoders[0].layout.options(max_task_retries=0).remote()  # the writer gets it once the model is loaded
     writer = WriterActor.options(name=writer_name).remote(str(root), layout, settings.index.commit_interval_s,
                                                        settings.index.max_vector_shards, settings.search)
-    ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
-    _save_config(root, settings)
+    fed = {s.stream_id: feeds_reader(captures.get(s.stream_id)) for s in parsed}
     readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
-               .remote(s, config, encoder_names, writer_name, str(root)) for s in parsed]
-    runs = {reader.run.remote(): reader for reader in readers}
+               .remote(s, config, encoder_names, writer_name, str(root), fed=fed[s.stream_id]) for s in parsed]
+    feeders = [Feeder(captures[s.stream_id], reader).start() for s, reader in zip(parsed, readers) if fed[s.stream_id]]
     summary = IngestSummary(str(root))
-    stop = _StopRequest()
     bars = _ProgressBars(parsed, enabled=progress)
-    pending = list(runs)
     try:
+        ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
+        ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
+        _save_config(root, settings)
+        runs = {reader.run.remote(): reader for reader in readers}
+        stop = _StopRequest()
+        pending = list(runs)
         with stop:
             while pending:
                 done, pending = ray.wait(pending, timeout=0.5)
@@ -134,9 +169,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
         bars.close()
         for actor in [*readers, *encoders, writer]:
             ray.kill(actor, no_restart=True)
-    order = {sid: i for i, sid in enumerate(ids)}
-    summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
-    summary.wall_s = time.monotonic() - started
+        for feeder in feeders:
+            feeder.join(FEEDER_JOIN_S)
     return summary
 
 

@@ -1,4 +1,5 @@
-"""`ReaderActor`: one source, read with `SourceReader`, sent through the encoders to the writer.
+"""`ReaderActor`: one source, read with `SourceReader` (or, for a live source the driver captured
+from the start, taken from `feed`: see actors/feed.py), sent through the encoders to the writer.
 
 Flow control: at most `max_inflight_batches` appends outstanding, at most
 `max_uncommitted_frames` encoded frames kept for resending. The reader keeps every encoded
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from actors.feed import FedSource, Feed
 from indexer.batches import FrameBatch
 from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
 from indexer.media.ring import SegmentRing
@@ -56,10 +58,12 @@ class _Sent:
     appended: ray.ObjectRef | None = None
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2)
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=3)  # run, stop, feed
 class ReaderActor:
-    def __init__(self, source: Source, settings: dict, encoders: list[str], writer: str, root: str):
-        """`encoders`, `writer`: actor names (handles would travel through the object store)."""
+    def __init__(self, source: Source, settings: dict, encoders: list[str], writer: str, root: str,
+                 fed: bool = False):
+        """`encoders`, `writer`: actor names (handles would travel through the object store). `fed`:
+        the driver reads the source and pushes its samples to `feed`."""
         self.source = source
         self.settings = Settings.model_validate(settings)
         self.root = root
@@ -69,6 +73,11 @@ class ReaderActor:
         self._turn = 0
         self._inflight: deque[_Sent] = deque()
         self._retained: deque[_Sent] = deque()
+        self._fed = FedSource(source, self._stop) if fed else None
+
+    def feed(self, feed: Feed) -> None:
+        """The next samples of a source the driver reads (waits while the reader is behind)."""
+        self._fed.put(feed)
 
     def stop(self) -> None:
         """Finish the current batch, commit, and return from `run` (Ctrl-C, `ray job stop`): the
@@ -122,8 +131,10 @@ class ReaderActor:
         reader.close()
         return summary
 
-    def _reader(self) -> SourceReader:
+    def _reader(self) -> SourceReader | FedSource:
         """A live source keeps its recent segments on disk for alert clips (monitor.ring_s)."""
+        if self._fed is not None:
+            return self._fed  # its one connection, ring included, is the driver's
         ring = None
         if self.source.maybe_live and self.settings.monitor.ring_s > 0:
             ring = SegmentRing(ring_dir(self.root, self.source.stream_id), keep_s=self.settings.monitor.ring_s,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Self
 
 from indexer.media.clips import cut_clip
-from indexer.media.ring import ring_segments
+from indexer.media.ring import ring_dir, ring_segments  # ring_dir: re-exported
 from indexer.monitor.alerts import Alert, AlertLog, write_alerts
 from indexer.monitor.conditions import ConditionEvaluator, load_evaluator
 from indexer.monitor.lanes import LANES, Lane
@@ -37,11 +37,6 @@ from indexer.store.manifest import Manifest, StreamEntry, read_manifest
 
 logger = logging.getLogger(__name__)
 CLIPS_DIR = "clips"   # <root>/monitor/clips/: the alert clips, the only files the HTTP API serves as clips
-
-
-def ring_dir(root: str | os.PathLike, stream_id: str) -> Path:
-    """Where a live stream's reader keeps its recent segments for alert clips."""
-    return Path(root) / MONITOR_DIR / "ring" / stream_id
 
 
 def clip_path(root: Path, alert: str) -> Path:

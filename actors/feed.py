@@ -1,0 +1,136 @@
+"""Live sources captured by the driver and fed to their `ReaderActor`s.
+
+The ingest driver opens every live source before it starts Ray (actors/capture.py: `LiveCapture`s
+in a child process, sampling on the stream's own clock from the first second). Once the reader
+actors exist, a `Feeder` thread per source pushes what was captured, and then what goes on
+arriving, to `ReaderActor.feed`, one chunk in flight: every sample reaches the reader once, in
+order, through the one connection.
+In the actor a `FedSource` stands in for the `SourceReader` the reader would otherwise open."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import ray
+
+from indexer.media.capture_process import RemoteCapture
+from indexer.media.reader import Gap, SampledFrame, SourceInfo
+from indexer.media.source import Source, SourceError
+
+logger = logging.getLogger(__name__)
+
+FEED_FRAMES = 32        # samples per push
+FEEDS_WAITING = 2       # pushes a reader holds before `feed` waits (bounds the actor's memory)
+POLL_S = 0.2
+
+
+@dataclass
+class Feed:
+    """One push: the source's info (with each push, so a restarted reader has it), the next
+    samples and gaps, and whether the source ended (`error`: why it failed)."""
+
+    info: SourceInfo | None
+    items: list[SampledFrame | Gap] = field(default_factory=list)
+    ended: bool = False
+    error: str | None = None
+
+
+class FedSource:
+    """`SourceReader`'s interface (`open`, `samples`, `close`, `start_index`, `resume_time_s`) over
+    the feeds `put` receives. Samples before `start_index` (what the writer already holds) are
+    dropped. `samples` ends when the source ended, or at once when `stop` is set."""
+
+    def __init__(self, source: Source, stop: threading.Event):
+        self.source = source
+        self.stop = stop
+        self.start_index = 0
+        self.resume_time_s: float | None = None   # the capture resumed on the stream's clock already
+        self.info: SourceInfo | None = None
+        self._feeds: deque[list[SampledFrame | Gap]] = deque()
+        self._ended = False
+        self._error: str | None = None
+        self._changed = threading.Condition()
+
+    def put(self, feed: Feed) -> None:
+        """Called by `ReaderActor.feed`; waits while `FEEDS_WAITING` pushes are not yet read."""
+        with self._changed:
+            while len(self._feeds) >= FEEDS_WAITING and not self.stop.is_set():
+                self._changed.wait(POLL_S)
+            if self.info is None:
+                self.info = feed.info
+            elif feed.info is not None:
+                self.info.errors[:] = feed.info.errors
+            self._feeds.append(feed.items)
+            self._ended = self._ended or feed.ended
+            self._error = self._error or feed.error
+            self._changed.notify_all()
+
+    def open(self) -> SourceInfo:
+        with self._changed:
+            while self.info is None and not self._ended and not self.stop.is_set():
+                self._changed.wait(POLL_S)
+        if self.info is None:
+            raise SourceError(self.source.uri, self._error or "stopped before the source opened")
+        return self.info
+
+    def samples(self):
+        while True:
+            with self._changed:
+                while not self._feeds and not self._ended and not self.stop.is_set():
+                    self._changed.wait(POLL_S)
+                if not self._feeds:
+                    break
+                items = self._feeds.popleft()
+                self._changed.notify_all()
+            for item in items:
+                if item.index >= self.start_index:
+                    yield item
+        if self._error and not self.stop.is_set():
+            raise SourceError(self.source.uri, self._error)
+
+    def close(self) -> None:
+        """The connection is the driver's: nothing to close here."""
+
+
+class Feeder:
+    """Pushes what `capture` samples to `reader` (a `ReaderActor` made with `fed=True`) in a
+    thread, until the source ends or the reader is gone."""
+
+    def __init__(self, capture: RemoteCapture, reader: ray.actor.ActorHandle):
+        self.capture = capture
+        self.reader = reader
+        self._thread = threading.Thread(target=self._run, name=f"feed {capture.source.stream_id}", daemon=True)
+
+    def start(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float | None = None) -> None:
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        capture = self.capture
+        first = True
+        while True:
+            try:
+                items = capture.take(FEED_FRAMES, POLL_S)
+                ended = not items and capture.finished
+                error = capture.error.reason if ended and capture.error else None
+            except (EOFError, OSError) as exc:  # the capture process died: the stream fails, named
+                items, ended, error = [], True, f"capture process failed: {exc!r}"
+            if not (items or ended or first):
+                continue
+            try:
+                ray.get(self.reader.feed.remote(Feed(capture.info, items, ended, error)))
+            except ray.exceptions.RayError as exc:  # the reader finished (killed) or failed: its run says why
+                logger.debug("%s: feeding stopped: %s", capture.source.uri, exc)
+                return
+            first = False
+            if ended:
+                return
+
+
+__all__ = ["FedSource", "Feed", "Feeder"]
