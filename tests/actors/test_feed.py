@@ -8,7 +8,6 @@ import ray
 
 from actors.ingest import run_ingest
 from indexer.store import IndexReader
-from indexer.store.manifest import StreamEntry
 from tests.actors.jobs import kill_tree, start_ingest, summary_frames, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
@@ -41,11 +40,6 @@ def test_a_live_stream_is_indexed_from_the_moment_the_command_starts(tmp_path, s
     last = DURATION_S * int(settings.reader.fps) - 1
     assert indices == list(range(indices[0], last + 1)), indices  # none lost, none twice, to the end
     assert summary_frames(log.read_text(errors="replace"))["live"] == len(frames)
-
-
-def _entry(source, **fields) -> StreamEntry:
-    return StreamEntry(stream_id=source.stream_id, uri=source.uri, protocol=source.protocol, live=False, fps=1.0,
-                       complete=True, **fields)
 
 
 def test_a_rerun_with_nothing_left_does_not_start_ray(tmp_path, settings):  # noqa: F811
