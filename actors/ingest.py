@@ -89,7 +89,7 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
                     ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
                 if stop.requested and not summary.interrupted:
                     summary.interrupted = True
-                    ray.get([reader.stop.remote() for reader in readers])
+                    ray.get([runs[ref].stop.remote() for ref in pending])   # the others are done (and killed)
                 bars.update(ray.get(writer.progress.remote()))
         ray.get(writer.close.remote())
     finally:

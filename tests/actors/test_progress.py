@@ -7,10 +7,12 @@ append could trigger: 0 frames committed after 150 s with `commit_interval_s: 30
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from actors.ingest import run_ingest
+from indexer.store import IndexReader
 from tests.actors.jobs import (
     committed,
     kill_tree,
@@ -85,15 +87,19 @@ def test_a_writer_killed_twice_mid_file_loses_and_duplicates_nothing(tmp_path, s
 
 @pytest.mark.slow
 def test_sigterm_stops_a_live_reader_held_at_its_uncommitted_limit(tmp_path, settings):  # noqa: F811
+    """Beside a file already done (its reader gone): the stop reaches the readers still running."""
     config = write_config(settings, tmp_path / "config.yaml", index={"commit_interval_s": 30.0},
                           ingest={"max_inflight_batches": 1, "max_uncommitted_frames": 2})
+    video = make_video(tmp_path / "a.mp4", duration_s=4, fps=FPS, gop=FPS)
     root = tmp_path / "index"
     log = tmp_path / "run.log"
     with hls_live(duration_s=240, fps=FPS, size=(160, 120)) as (url, _):
-        driver = start_ingest([f"live={url}", "--index", str(root), "--config", str(config)], log)
+        driver = start_ingest([f"live={url}", f"a={video}", "--index", str(root), "--config", str(config)], log)
         try:
             # three frames fill the limit; more are committed only if the reader's waits get commits
-            wait_for(lambda: committed(root, "live") >= 6, 180, "live frames committed", driver, log)
+            wait_for(lambda: committed(root, "live") >= 6 and IndexReader(root).manifest.streams["a"].complete, 180,
+                     "live frames committed and the file done", driver, log)
+            time.sleep(2.0)   # the driver has seen the file's reader end
             driver.send_signal(signal.SIGTERM)
             assert driver.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
         finally:
@@ -102,3 +108,4 @@ def test_sigterm_stops_a_live_reader_held_at_its_uncommitted_limit(tmp_path, set
     assert "(interrupted, committed)" in output
     index = check_index(root)
     assert index.manifest.streams["live"].frames == summary_frames(output)["live"] > 0   # all it sent
+    assert summary_frames(output)["a"] == index.manifest.streams["a"].frames == 4
