@@ -53,6 +53,7 @@ class FedSource:
         self._ended = False
         self._error: str | None = None
         self._changed = threading.Condition()
+        self.last_frame_wall: float | None = None  # unix time the capture decoded the newest frame fed (liveness)
 
     def put(self, feed: Feed) -> None:
         """Called by `ReaderActor.feed`; waits while `FEEDS_WAITING` pushes are not yet read."""
@@ -64,6 +65,9 @@ class FedSource:
             elif feed.info is not None:
                 self.info.errors[:] = feed.info.errors
             self._feeds.append(feed.items)
+            walls = [item.wall_time for item in feed.items if isinstance(item, SampledFrame) and item.wall_time]
+            if walls:
+                self.last_frame_wall = max(walls + [self.last_frame_wall or 0.0])
             self._ended = self._ended or feed.ended
             self._error = self._error or feed.error
             self._changed.notify_all()

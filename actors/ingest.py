@@ -160,7 +160,7 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
                     ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
                 if stop.requested and not summary.interrupted:
                     summary.interrupted = True
-                    ray.get([reader.stop.remote() for reader in readers])
+                    ray.get([runs[ref].stop.remote() for ref in pending])   # the others are done (and killed)
                 bars.update(ray.get(writer.progress.remote()))
         ray.get(writer.close.remote())
         summary.committed = {sid: entry.frames - plan.frames_before.get(sid, 0)

@@ -5,6 +5,12 @@ Flow control: at most `max_inflight_batches` appends outstanding, at most
 `max_uncommitted_frames` encoded frames kept for resending. The reader keeps every encoded
 batch until the writer says it is committed, so a restarted writer gets back what it lost;
 when even that is gone (the reader itself restarted), reading resumes at the writer's cursor.
+A reader at its limit of uncommitted frames asks the writer to commit them rather than wait for
+the writer's timer, so no pair of settings stalls ingestion.
+
+A live source's reader reports every `LIVENESS_REPORT_S` since when it has waited for a frame in
+vain (`Liveness`, recorded in the manifest): the monitor's signal-lost rule reads it, so an
+outage is noticed while the source is still down and the reader retries.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from indexer.media.ring import SegmentRing
 from indexer.media.source import Source, SourceError
 from indexer.monitor.monitor import ring_dir
 from indexer.settings import Settings
+from indexer.store.manifest import Liveness
 
 logger = logging.getLogger(__name__)
+LIVENESS_REPORT_S = 1.0   # well under monitor.signal_lost_after_s, whose alert waits for the next report
 
 
 @dataclass
@@ -74,6 +82,8 @@ class ReaderActor:
         self._inflight: deque[_Sent] = deque()
         self._retained: deque[_Sent] = deque()
         self._fed = FedSource(source, self._stop) if fed else None
+        self._source_reader: SourceReader | FedSource | None = None
+        self._asked_at: float | None = None   # unix time the pump asked the source reader for more; None: busy
 
     def feed(self, feed: Feed) -> None:
         """The next samples of a source the driver reads (waits while the reader is behind)."""
@@ -103,6 +113,18 @@ class ReaderActor:
             reader.close()
             return summary
         resume_time = entry.watermark_s
+        reported = threading.Event()   # set: the liveness reports end
+        if info.live:
+            threading.Thread(target=self._report_liveness, args=(reported,), name="liveness", daemon=True).start()
+        try:
+            self._read(reader, info, start_index, resume_time, summary)
+        finally:
+            reported.set()
+        summary.stopped = self._stop.is_set()
+        return summary
+
+    def _read(self, reader: SourceReader, info: SourceInfo, start_index: int, resume_time: float | None,
+              summary: StreamSummary) -> None:
         while True:
             reader.start_index, reader.resume_time_s = start_index, resume_time
             try:
@@ -127,19 +149,35 @@ class ReaderActor:
             ray.get(self.writer.finish_stream.remote(self.source.stream_id))
         else:
             ray.get(self.writer.commit.remote())
-        summary.stopped = self._stop.is_set()
         reader.close()
-        return summary
 
     def _reader(self) -> SourceReader | FedSource:
         """A live source keeps its recent segments on disk for alert clips (monitor.ring_s)."""
         if self._fed is not None:
-            return self._fed  # its one connection, ring included, is the driver's
+            self._source_reader = self._fed  # its one connection, ring included, is the driver's
+            return self._fed
         ring = None
         if self.source.maybe_live and self.settings.monitor.ring_s > 0:
             ring = SegmentRing(ring_dir(self.root, self.source.stream_id), keep_s=self.settings.monitor.ring_s,
                                segment_s=self.settings.monitor.ring_segment_s)
-        return SourceReader(self.source, self.settings.reader, stop=self._stop, ring=ring)
+        self._source_reader = SourceReader(self.source, self.settings.reader, stop=self._stop, ring=ring)
+        return self._source_reader
+
+    # -- liveness --------------------------------------------------------------------------------
+    def _report_liveness(self, done: threading.Event) -> None:
+        while not done.wait(LIVENESS_REPORT_S):
+            self.writer.report_liveness.remote(self.source.stream_id, Liveness(
+                reported_at=time.time(), waiting_since=self._waiting_since()))
+
+    def _waiting_since(self) -> float | None:
+        """Since when the source has given no frame while the pump asked for one: the later of its
+        last frame and the moment the pump asked (a pump held up by the encoders or the writer is
+        not waiting for the source); None while the pump is busy with an item."""
+        asked = self._asked_at
+        if asked is None:
+            return None
+        last = self._source_reader.last_frame_wall
+        return max(asked, last) if last is not None else asked
 
     # -- sending ---------------------------------------------------------------------------------
     def _pump(self, reader: SourceReader, info: SourceInfo, cursor: int, summary: StreamSummary) -> None:
@@ -147,7 +185,13 @@ class ReaderActor:
         frames: list[SampledFrame] = []
         gaps: list[Gap] = []
         first = cursor
-        for item in reader.samples():
+        items = reader.samples()
+        while True:
+            self._asked_at = time.time()
+            item = next(items, None)
+            self._asked_at = None
+            if item is None:
+                break
             if isinstance(item, Gap):
                 gaps.append(item)
                 summary.gaps += 1
@@ -178,8 +222,7 @@ class ReaderActor:
             if self._inflight:
                 self._settle_oldest()
             else:
-                time.sleep(0.2)  # everything appended, waiting for a commit
-                self._forget_committed(ray.get(self.writer.committed_index.remote(self.source.stream_id)))
+                self._commit_retained()
 
     def _settle_oldest(self) -> None:
         sent = self._inflight.popleft()
@@ -214,15 +257,17 @@ class ReaderActor:
         """Everything sent is appended and committed."""
         while self._inflight:
             self._settle_oldest()
-        ray.get(self.writer.commit.remote())
+        self._commit_retained()
+
+    def _commit_retained(self) -> None:
+        """Nothing in flight: have the writer commit what this reader appended, now, and resend what
+        a restarted writer lost."""
         while self._retained:
-            committed = ray.get(self.writer.committed_index.remote(self.source.stream_id))
+            committed = ray.get(self.writer.commit_stream.remote(self.source.stream_id))
             before = len(self._retained)
             self._forget_committed(committed)
-            if len(self._retained) == before:
-                # the writer restarted after our appends: resend what it lost
+            if len(self._retained) == before:  # the writer restarted after our appends
                 self._resend_from(committed)
-                ray.get(self.writer.commit.remote())
 
 
 __all__ = ["ReaderActor", "StreamSummary"]

@@ -160,6 +160,11 @@ class MonitorSettings(BaseModel):
                           "(0: no clips from live sources)")
     ring_segment_s: float = Field(2.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0, description="index commits while monitoring (alert latency)")
+    # a live source's reader reports every second whether frames arrive; a source that gives none
+    # this long (by the wall clock) raises the signal-lost alert while it is still down. It must
+    # exceed the longest normal pause between frames (an HLS source's segment length)
+    signal_lost_after_s: float = Field(10.0, gt=0, description="a live source without a frame this long has "
+                                       "lost its signal (signal_lost rule)")
     webhooks: WebhookSettings = WebhookSettings()
 
 

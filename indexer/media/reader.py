@@ -96,6 +96,7 @@ class SourceReader:
         self.ring = ring
         self.info: SourceInfo | None = None
         self.decode_errors = 0
+        self.last_frame_wall: float | None = None  # unix time the source last gave a frame (read by other threads)
         self._container: av.container.InputContainer | None = None
         self._ring: SegmentRing | None = None  # `ring` once the source turned out live
 
@@ -190,10 +191,11 @@ class SourceReader:
             if self._container is not None:  # None: the last reconnect failed; its reason stands
                 try:
                     for t_raw, frame in self._frames(self._container, subtitles):
+                        self.last_frame_wall = time.time()
                         t, jump = clock(t_raw)
                         if t is None:
                             continue  # a live source replaying what was already sampled
-                        wall = time.time() if info.live else None
+                        wall = self.last_frame_wall if info.live else None
                         if self._ring is not None:
                             self._ring.frame_time(t_raw, t, wall)
                         if jump is not None and last_t is not None:

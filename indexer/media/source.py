@@ -44,7 +44,8 @@ class ReaderOptions(BaseModel):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
     give_up_after_s: float | None = Field(
-        120.0, description="a live source that stays unreachable this long ends (None: retry forever)")
+        None, gt=0, description="a live source that stays unreachable this long ends (None: reconnect forever, "
+        "at least every reconnect_max_s)")
     max_discontinuity_s: float = Field(60.0, gt=0, description="a live clock jump beyond this is a discontinuity")
     max_decode_errors: int = Field(50, ge=1, description="consecutive undecodable packets before a source fails")
 

@@ -85,6 +85,8 @@ class Lane:
                 changed = True
             if entry.complete or entry.error:
                 self._finish_stream(entry)
+            elif entry.liveness is not None and entry.liveness.waiting_since is not None:
+                self._no_signal(entry)
         return self._out if changed or self._out.rows or self._out.closes else None
 
     def rollback(self) -> None:
@@ -172,10 +174,40 @@ class Lane:
                     wall_end = gap["wall_end"].timestamp() if gap["wall_end"] is not None else None
                     self._on_event(query, entry, _closed_at(tracker, gap["end_s"], wall_end))
 
+    def _no_signal(self, entry: StreamEntry) -> None:
+        """The source is still down: its reader has waited `monitor.signal_lost_after_s` (and the
+        query's min_duration_s) for a frame, by its last report. The event opens now; frames
+        from the source end it (`_signal_back`), and the gap row written when the outage ends is
+        this event, not another."""
+        liveness = entry.liveness
+        start_s = entry.watermark_s or 0.0   # media time of the last committed frame
+        for query in self._active(entry.stream_id):
+            if query.kind != "signal_lost":
+                continue
+            if liveness.waited_s < max(self.settings.monitor.signal_lost_after_s, query.min_duration_s):
+                continue
+            state = self._tracker(query, entry).state
+            if state.open is not None or (state.quiet_until_s is not None and start_s < state.quiet_until_s):
+                continue
+            # the event is named by when the frames stopped: the same outage gets the same id after a restart
+            start = FrameRef(frame_id=-1, index=round(liveness.waiting_since * 1000), pts_s=start_s,
+                             wall_time=liveness.waiting_since)
+            state.open = OpenEvent(alert_id=alert_id(query.id, entry.stream_id, start.index), start=start,
+                                   last=start, best=start, best_score=0.0,
+                                   answer=f"signal lost: no frame for {liveness.waited_s:.0f} s")
+            self._on_event(query, entry, Opened(state.open))
+
     def _signal_back(self, query: StandingQuery, entry: StreamEntry, tracker: EventTracker, frames: Frames) -> None:
-        """A lost signal recorded as given up ends when frames after it come (a later run)."""
+        """A lost signal ends at the first frame the source gave after it: by the wall clock when
+        both have one (frames held back in the reader from before the outage are committed after
+        it began), else by media time (an outage recorded as given up, ended in a later run)."""
         event = tracker.state.open
-        after = np.flatnonzero(frames.pts_s > event.start.pts_s) if event is not None else []
+        if event is None:
+            return
+        if event.start.wall_time is not None and not np.isnan(frames.wall_time).all():
+            after = np.flatnonzero(frames.wall_time > event.start.wall_time)
+        else:
+            after = np.flatnonzero(frames.pts_s > event.start.pts_s)
         if len(after):
             i = int(after[0])
             self._on_event(query, entry, _closed_at(tracker, float(frames.pts_s[i]), frames.wall(i)))

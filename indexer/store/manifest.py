@@ -40,6 +40,21 @@ class Segment(BaseModel):
     bytes: dict[str, int] = Field(default_factory=dict)
 
 
+class Liveness(BaseModel):
+    """A live source's reader, as it last reported: at `reported_at` (unix time) it had waited for
+    a frame from the source since `waiting_since` (None: frames were arriving). The monitor's
+    signal-lost rule reads it, so an outage is noticed while the source is still down."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reported_at: float
+    waiting_since: float | None = None
+
+    @property
+    def waited_s(self) -> float:
+        return self.reported_at - self.waiting_since if self.waiting_since is not None else 0.0
+
+
 class StreamEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +71,7 @@ class StreamEntry(BaseModel):
     last_gap: tuple[int, float] | None = None   # (sample index, start) of the last committed gap
     complete: bool = False
     error: str | None = None
+    liveness: Liveness | None = None       # live sources: the reader's last report (see Liveness)
     segments: list[Segment] = Field(default_factory=list)
 
     def check_resume(self, uri: str, fps: float) -> None:
@@ -154,5 +170,5 @@ def read_manifest(root: Path) -> Manifest | None:
     return manifest
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
+__all__ = ["FORMAT_VERSION", "MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Liveness", "Manifest", "Segment", "StreamEntry", "VectorShard",
            "read_manifest"]

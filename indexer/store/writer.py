@@ -4,7 +4,9 @@ Appends arrive per stream in sample order; each is checked against the stream's 
 batch sent twice is written once and a batch after a hole is refused (the sender resends what
 the writer lost). `commit()` writes the buffered rows as new files, then atomically replaces
 manifest.json: a crash at any moment leaves the last commit readable and nothing half-written
-visible. On open, files that no manifest lists (a crashed commit's) are removed.
+visible. On open, files that no manifest lists (a crashed commit's) are removed. `append` commits
+when `commit_interval_s` has passed; a caller that may go quiet (the writer actor) also calls
+`commit_if_due` on a timer, so what was appended is committed on time whether or not more comes.
 
 Each commit's retrieval embeddings go into a small exact FAISS shard. When the shards hold more
 than `search.exact_max_vectors` vectors, the same commit moves them into the approximate index
@@ -35,6 +37,7 @@ from indexer.store.manifest import (
     MANIFEST,
     ApproximateIndex,
     Layout,
+    Liveness,
     Manifest,
     Segment,
     StreamEntry,
@@ -80,6 +83,8 @@ class IndexWriter:
         self._expected = {sid: entry.next_index for sid, entry in manifest.streams.items()}
         self._last_gap = {sid: entry.last_gap for sid, entry in manifest.streams.items()}
         self._dirty: set[str] = set()
+        self._liveness: dict[str, Liveness] = {}
+        self._latest_wall: dict[str, float] = {}   # per stream: the latest wall time an append proved a frame at
         self._last_commit = time.monotonic()
         self._remove_uncommitted()
 
@@ -128,14 +133,30 @@ class IndexWriter:
                 self._last_gap[sid] = key
         self._expected[sid] = max(expected, batch.next_index)
         self._dirty.add(sid)
-        if time.monotonic() - self._last_commit >= self.commit_interval_s:
-            self.commit()
+        walls = [float(np.nanmax(batch.wall_time))] if not np.isnan(batch.wall_time).all() else []
+        walls += [g.wall_end for g in batch.gaps if g.wall_end is not None]
+        if walls:
+            self._latest_wall[sid] = max(self._latest_wall.get(sid, 0.0), *walls)
+        self.commit_if_due()
         return AppendResult(True, self._expected[sid], self.manifest.streams[sid].next_index)
 
     def expected_index(self, stream_id: str) -> int:
         return self._expected[stream_id]
 
+    def report_liveness(self, stream_id: str, liveness: Liveness) -> None:
+        """A live source's reader reports whether it is waiting for a frame; recorded in the
+        stream's manifest entry at the next commit."""
+        self._liveness[stream_id] = liveness
+        self._dirty.add(stream_id)
+
     # -- commits ---------------------------------------------------------------------------------
+    def commit_if_due(self) -> float:
+        """Commit if `commit_interval_s` has passed since the last commit; return the seconds until
+        the next one is due."""
+        if time.monotonic() - self._last_commit >= self.commit_interval_s:
+            self.commit()
+        return self._last_commit + self.commit_interval_s - time.monotonic()
+
     def commit(self) -> int:
         """Make everything appended so far durable and visible; return the generation."""
         self._last_commit = time.monotonic()
@@ -159,6 +180,8 @@ class IndexWriter:
                     entry.watermark_s = float(max(entry.watermark_s or 0.0, frames.pts_s.max()))
             entry.next_index = self._expected[sid]
             entry.last_gap = self._last_gap[sid]
+            if sid in self._liveness:
+                entry.liveness = self._current_liveness(sid)
         obsolete = []
         if shard_vectors:
             path = f"vectors/part-{generation:08d}.faiss"
@@ -185,6 +208,16 @@ class IndexWriter:
         release_lock(self._lock)
 
     # -- internals -------------------------------------------------------------------------------
+    def _current_liveness(self, stream_id: str) -> Liveness:
+        """The last report, unless a frame appended since proves the wait over: a report and the
+        frames cross the actor boundary separately and may arrive in either order, and the
+        manifest must not say "waiting" beside the frames that ended the wait."""
+        liveness = self._liveness[stream_id]
+        waiting = liveness.waiting_since
+        if waiting is not None and self._latest_wall.get(stream_id, 0.0) > waiting:
+            return liveness.model_copy(update={"waiting_since": None})
+        return liveness
+
     def _write_segment(self, generation: int, manifest: Manifest, entry: StreamEntry,
                        frames: EncodedBatch | None, gaps: list[Gap]) -> Segment:
         n = len(frames) if frames is not None else 0

@@ -32,7 +32,7 @@ import yaml
 from indexer.settings import Settings
 from indexer.store import IndexReader
 
-__all__ = ["REPO", "RayCluster", "committed", "driver_env", "kill_tree", "ray_cluster", "start_ingest",
+__all__ = ["REPO", "RayCluster", "committed", "driver_env", "kill_tree", "own_pids", "ray_cluster", "start_ingest",
            "summary_frames", "wait_for", "write_config"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +104,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def own_pids(prefix: str) -> list[int]:
+    """Descendants of this process (e.g. the workers of its own local `ray.init`, no one else's)
+    whose command line starts with `prefix` (e.g. "ray::WriterActor")."""
+    return sorted(pid for pid, (_, cmd) in _descendants(os.getpid()).items() if cmd.startswith(prefix))
 
 
 # -- a cluster of the test's own ------------------------------------------------------------------

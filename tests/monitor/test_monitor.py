@@ -283,6 +283,67 @@ def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
     assert alerts[1].answer.startswith("signal lost: gave up")
 
 
+def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_close_it(tmp_path, encoded):
+    """A live source's reader reports since when it has waited for a frame (the writer records it
+    in the manifest): the alert opens once the wait reaches monitor.signal_lost_after_s, while the
+    source is still down, survives a monitor restart as the same alert, and closes at the first
+    frame the source gives again, not at a frame held back from before the outage. The gap row
+    written when the outage ends is that alert, not a second one."""
+    from dataclasses import replace
+
+    from indexer.media.reader import Gap
+    from indexer.store.manifest import Liveness
+
+    settings, info, batches, layout = encoded
+    settings = settings.model_copy(update={"monitor": settings.monitor.model_copy(
+        update={"signal_lost_after_s": 5.0})})
+    t0 = 1e9   # the frame at media time t was decoded at t0 + t until the source went down
+    live = [replace(b, wall_time=t0 + b.pts_s) for b in batches]
+    root = tmp_path / "index"
+    root.mkdir()
+    QueryStore(root).add(StandingQuery(id="lost", kind="signal_lost", cooldown_s=0.0))
+    writer = IndexWriter(root, layout, commit_interval_s=1e9)
+    writer.open_stream(info, settings.reader.fps, "rtsp")
+
+    def report(at: float, waiting_since: float | None) -> None:
+        writer.report_liveness("cam", Liveness(reported_at=t0 + at, waiting_since=t0 + waiting_since
+                                               if waiting_since is not None else None))
+        writer.commit()
+
+    with Monitor(root, settings) as monitor:
+        for batch in live[:3]:   # frames 0-11, then the source goes quiet after the frame at 12 s
+            writer.append(batch)
+            report(batch.pts_s[-1] + 0.5, None)
+            assert monitor.poll() == []
+        report(16.0, 12.0)   # 4 s without a frame: not yet
+        assert monitor.poll() == []
+        report(17.5, 12.0)
+        opened = monitor.poll()
+        assert [(a.status, a.start_s, a.wall_start, a.answer) for a in opened] == [
+            ("open", 11.0, t0 + 12.0, "signal lost: no frame for 6 s")]
+        report(18.5, 12.0)
+        assert monitor.poll() == []   # still down: the same event, no second alert
+    with Monitor(root, settings) as monitor:   # a restarted monitor goes on with the open event
+        report(19.5, 12.0)
+        assert monitor.poll() == []
+        # the source is back at 30 s: the frame at 12 s was held in the reader and comes first, then
+        # the gap, then the new frames
+        back = live[3]
+        back = replace(back, wall_time=np.array([t0 + 12.0, t0 + 30.0, t0 + 31.0, t0 + 32.0]),
+                       gaps=[Gap(12.0, 13.0, "connection lost: timed out", t0 + 12.0, t0 + 30.0, 13)])
+        writer.append(back)
+        report(29.8, 12.0)   # sent before the frames came, arrived after them
+        assert writer.manifest.streams["cam"].liveness.waiting_since is None
+        monitor.poll()
+        monitor.drain(2.0)
+        writer.close()
+    alerts = AlertLog(root).alerts()
+    assert len(alerts) == 1 and alerts[0].alert_id == opened[0].alert_id
+    assert (alerts[0].status, alerts[0].start_s, alerts[0].end_s) == ("closed", 11.0, 13.0)
+    assert alerts[0].wall_end == t0 + 30.0 and alerts[0].clip is None
+    assert [r.status for r in AlertLog(root).rows()] == ["open", "closed"]
+
+
 def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded):
     """One webhook answers 500 until the test lets it recover, another points at a closed port:
     every commit is evaluated as it comes, the first is delivered after retries, the second

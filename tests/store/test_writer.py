@@ -201,3 +201,40 @@ def test_int4_is_a_quarter_of_float16_plus_scales():
     size = sum(a.nbytes for a in Int4Features().encode(x)) / 2
     assert size == 257 * 1408 / 2 + 257 * (1408 // 128) * 2 * 2
     assert size * 3600 <= 0.7e9
+
+
+def test_a_live_readers_liveness_report_is_committed_until_a_later_frame_proves_the_wait_over(tmp_path):
+    from indexer.store.manifest import Liveness
+
+    w = IndexWriter(tmp_path, LAYOUT)
+    w.open_stream(info("cam", "rtsp://127.0.0.1/cam"), 1.0, "rtsp")
+    held = batch(0, 2)
+    held.wall_time[:] = [1000.0, 1001.0]   # decoded before the wait began
+    w.append(held)
+    generation = w.commit()
+    w.report_liveness("cam", Liveness(reported_at=1015.0, waiting_since=1001.0))
+    assert w.commit() == generation + 1   # the report alone makes a commit: the monitor sees the outage grow
+    assert IndexReader(tmp_path).manifest.streams["cam"].liveness == Liveness(reported_at=1015.0, waiting_since=1001.0)
+    assert IndexReader(tmp_path).manifest.streams["cam"].liveness.waited_s == 14.0
+    back = batch(2, 1, gaps=[Gap(1.0, 2.0, "connection lost", 1001.0, 1020.0, 2)])
+    back.wall_time[:] = [1020.0]
+    w.append(back)   # the report from before the frames came arrives after them
+    w.report_liveness("cam", Liveness(reported_at=1019.5, waiting_since=1001.0))
+    w.commit()
+    assert IndexReader(tmp_path).manifest.streams["cam"].liveness == Liveness(reported_at=1019.5, waiting_since=None)
+    w.close()
+
+
+def test_commit_if_due_commits_on_time_without_an_append(tmp_path):
+    import time
+
+    w = IndexWriter(tmp_path, LAYOUT, commit_interval_s=0.3)
+    w.open_stream(info(), 1.0, "file")
+    w.append(batch(0, 3))
+    assert IndexReader(tmp_path).manifest.generation == 0
+    assert 0 < w.commit_if_due() <= 0.3      # not due yet: nothing committed, seconds until it is
+    assert IndexReader(tmp_path).manifest.generation == 0
+    time.sleep(0.3)
+    w.commit_if_due()
+    assert IndexReader(tmp_path).manifest.streams["cam"].frames == 3
+    w.close()
