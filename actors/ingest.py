@@ -47,6 +47,7 @@ class IngestSummary:
             status = f"FAILED: {s.error}" if s.error else ("stopped" if s.stopped else "done")
             length = f"{s.duration_s:.1f} s" if s.duration_s else ("live" if s.live else "?")
             out.append(f"  {s.stream_id}: {s.frames_sent} frames, {s.gaps} gaps, {length}; {status}")
+            out.extend(f"    warning: {s.uri}: {w}" for w in s.warnings)
         frames = sum(s.frames_sent for s in self.streams)
         out.append(f"{frames} frames from {len(self.streams)} sources in {self.wall_s:.1f} s"
                    f"{' (interrupted, committed)' if self.interrupted else ''}")

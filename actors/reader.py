@@ -36,6 +36,7 @@ class StreamSummary:
     gaps: int = 0
     error: str | None = None
     decode_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # what could not be read, with ranges
     stopped: bool = False
 
 
@@ -113,6 +114,9 @@ class ReaderActor:
                 ray.get(self.writer.stream_error.remote(self.source.stream_id, exc.reason))
                 break
         summary.decode_errors = list(info.errors[:20])
+        summary.warnings = list(info.warnings)
+        if info.warnings:
+            ray.get(self.writer.stream_warning.remote(self.source.stream_id, info.warnings))
         if summary.error is None and not self._stop.is_set():
             ray.get(self.writer.finish_stream.remote(self.source.stream_id))
         else:

@@ -33,6 +33,9 @@ class WriterActor:
     def stream_error(self, stream_id: str, error: str) -> None:
         self.writer.stream_error(stream_id, error)
 
+    def stream_warning(self, stream_id: str, warnings: list[str]) -> None:
+        self.writer.stream_warning(stream_id, warnings)
+
     def finish_stream(self, stream_id: str) -> int:
         self.writer.finish_stream(stream_id)
         return self.writer.commit()
@@ -49,7 +52,8 @@ class WriterActor:
         for sid, entry in self.writer.manifest.streams.items():
             out[sid] = {"uri": entry.uri, "live": entry.live, "fps": entry.fps, "duration_s": entry.duration_s,
                         "expected_index": self.writer.expected_index(sid), "committed_index": entry.next_index,
-                        "frames": entry.frames, "gaps": entry.gaps, "error": entry.error, "complete": entry.complete,
+                        "frames": entry.frames, "gaps": entry.gaps, "error": entry.error, "warning": entry.warning,
+                        "complete": entry.complete,
                         "watermark_s": entry.watermark_s}
         return out
 

@@ -56,6 +56,7 @@ class StreamEntry(BaseModel):
     last_gap: tuple[int, float] | None = None   # (sample index, start) of the last committed gap
     complete: bool = False
     error: str | None = None
+    warning: str | None = None             # what of the source could not be read (ends early, damage), with ranges
     segments: list[Segment] = Field(default_factory=list)
 
 
