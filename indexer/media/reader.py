@@ -336,7 +336,7 @@ class SourceReader:
 
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame, int]]:
         """(raw seconds, frame, damaged packets skipped just before it) of the video; subtitle
-        packets go to `subtitles`. After a damaged packet, frames wait for the next keyframe
+        packets go to `subtitles`. After a packet that does not decode, frames wait for the next keyframe
         (or `RESYNC_S` of media): until then they are built on lost pictures. Too many damaged
         packets in a row fail the source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
@@ -353,7 +353,8 @@ class SourceReader:
         streams = [*(videos if follow else [video]), *text_streams]
         demux = container.demux(*streams)
         damaged = 0
-        resync_until: float | None = None  # frames wait for a keyframe until this raw time
+        resync_until: float | None = None  # frames wait for a keyframe until this raw time ...
+        damage_s = 0.0                     # ... from the first damaged packet's time on
         last_packet_s: float | None = None
         waiting: dict[av.video.stream.VideoStream, list[av.Packet]] = {}  # other video streams' recent packets
         while not self.stop.is_set():
@@ -364,6 +365,7 @@ class SourceReader:
             except PACKET_ERRORS as exc:
                 self._decode_error(exc)
                 damaged += 1
+                damage_s = damage_s if resync_until is not None else last_packet_s or 0.0
                 resync_until = (last_packet_s or 0.0) + RESYNC_S
                 demux = container.demux(*streams)  # demuxing resumes after the damage
                 continue
@@ -398,9 +400,6 @@ class SourceReader:
                     damaged = 0
             if packet_s is not None:
                 last_packet_s = packet_s if last_packet_s is None else max(last_packet_s, packet_s)
-            if packet.is_corrupt and packet.size:
-                damaged += 1  # the demuxer saw it damaged (lost MPEG-TS packets): decode, then resync
-                resync_until = (packet_s or last_packet_s or 0.0) + RESYNC_S
             if self._ring is not None:
                 self._ring.packet(packet)
             if keyframes_only and not packet.is_keyframe and packet.size:
@@ -410,13 +409,18 @@ class SourceReader:
             except PACKET_ERRORS as exc:
                 self._decode_error(exc)
                 damaged += 1
-                resync_until = (packet_s if packet_s is not None else last_packet_s or 0.0) + RESYNC_S
+                at_s = packet_s if packet_s is not None else last_packet_s or 0.0
+                damage_s = damage_s if resync_until is not None else at_s
+                resync_until = at_s + RESYNC_S
                 continue
             for frame in frames:
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * frame.time_base) - start
                 if resync_until is not None:
+                    if t < damage_s:
+                        yield t, frame, 0  # decoded before the damage (frame threads output late)
+                        continue
                     if not (frame.key_frame or t > resync_until):
                         continue
                     resync_until = None
