@@ -103,6 +103,8 @@ class SourceReader:
         self.decode_errors = 0
         self._container: av.container.InputContainer | None = None
         self._declared_end_s: float | None = None  # where a file's video says it ends (from its start)
+        self._keyframe_gop_s: float | None = None  # the longest GOP seen when choosing keyframes only
+        self._last_packet_s: float | None = None   # raw time of the last video packet demuxed
         self._ring: SegmentRing | None = None  # `ring` once the source turned out live
 
     # -- opening ---------------------------------------------------------------------------------
@@ -171,7 +173,10 @@ class SourceReader:
         except MEDIA_ERRORS:
             return False
         gops = np.diff(keyframe_times)
-        return len(gops) >= 2 and float(gops.max()) <= interval + 1e-3
+        if len(gops) >= 2 and float(gops.max()) <= interval + 1e-3:
+            self._keyframe_gop_s = float(gops.max())
+            return True
+        return False
 
     # -- sampling --------------------------------------------------------------------------------
     def samples(self) -> Iterator[SampledFrame | Gap]:
@@ -307,6 +312,10 @@ class SourceReader:
         if t - last_t > self.options.max_hold_s:
             return f"no picture for {t - last_t:.3f} s (held {self.options.max_hold_s:g} s: reader.max_hold_s)", \
                 last_t + self.options.max_hold_s
+        if self.info.keyframes_only and self._keyframe_gop_s and t - last_t > self._keyframe_gop_s + 2 * frame_s:
+            # decoding keyframes only, a keyframe that did not come is a lost GOP, not a still
+            self._warn(f"no keyframe {last_t:.3f}-{t:.3f} s (decoding keyframes only)")
+            return f"no keyframe for {t - last_t:.3f} s (decoding keyframes only)", last_t + self._keyframe_gop_s
         return "", t
 
     def _file_end(self, first_t: float, last_t: float, clock: MediaClock, ended_early: str) -> float:
@@ -314,6 +323,8 @@ class SourceReader:
         file ends before it (cut short, or unreadable from some point): then its last frame's
         own end, and the range read is a warning. Never more than `max_hold_s` after it."""
         read_end = last_t + self._frame_s(clock)
+        if self.info.keyframes_only and self._last_packet_s is not None:  # frames between keyframes were read too
+            read_end = max(read_end, self._last_packet_s + clock.offset_s + self._frame_s(clock))
         declared = self._declared_end_s
         if declared is not None and clock.jumps == 0:
             declared += clock.offset_s
@@ -387,6 +398,9 @@ class SourceReader:
                 logger.warning("%s: video continues in stream %d (%s, was %s) at %.3f s", self.source.uri,
                                packet.stream.index, packet.stream.codec_context.name, video.codec_context.name,
                                float(after[0].pts * after[0].time_base) - start)
+                for frame in self._flush(video):  # what the old decoder still holds
+                    yield float(frame.pts * frame.time_base) - start, frame, damaged
+                    damaged = 0
                 video = packet.stream
                 video.codec_context.thread_type = "AUTO"
                 video.codec_context.thread_count = self.options.decoder_threads
@@ -400,6 +414,7 @@ class SourceReader:
                     damaged = 0
             if packet_s is not None:
                 last_packet_s = packet_s if last_packet_s is None else max(last_packet_s, packet_s)
+                self._last_packet_s = last_packet_s
             if self._ring is not None:
                 self._ring.packet(packet)
             if keyframes_only and not packet.is_keyframe and packet.size:
@@ -431,6 +446,13 @@ class SourceReader:
         """The frames of a packet taken over from another stream; damage there is only counted."""
         try:
             return [f for f in packet.decode() if f.pts is not None]
+        except PACKET_ERRORS as exc:
+            self._decode_error(exc)
+            return []
+
+    def _flush(self, stream) -> list[av.VideoFrame]:
+        try:
+            return [f for f in stream.codec_context.decode(None) if f.pts is not None]
         except PACKET_ERRORS as exc:
             self._decode_error(exc)
             return []

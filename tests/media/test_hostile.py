@@ -33,12 +33,15 @@ def frames(indices, pts_of=float, number_of=lambda k: FPS * k):
     return [(k, round(pts_of(k), 3), number_of(k)) for k in indices]
 
 
-def test_a_forward_splice_in_mpeg_ts_is_a_gap_not_copies_of_a_frame(tmp_path):
+@pytest.mark.parametrize("keyframes_only", ["never", "always"])
+def test_a_forward_splice_in_mpeg_ts_is_a_gap_not_copies_of_a_frame(tmp_path, keyframes_only):
     # the broadcast case: pts jump 984 s ahead at 6 s; before, the jump was filled with ~1,000 rows
     path = make_spliced_ts(tmp_path / "spliced.ts", resume_pts_s=990.0)
-    reader, rows = read_rows(path)
-    assert rows == [*frames(range(6)),
-                    (5.96, 990.0, "timestamp discontinuity of +984.040 s (forward: a new segment of the timeline)"),
+    reader, rows = read_rows(path, keyframes_only=keyframes_only)
+    gap = (5.96, 990.0, "timestamp discontinuity of +984.040 s (forward: a new segment of the timeline)")
+    if keyframes_only == "always":  # the last frame decoded before the splice is its last keyframe
+        gap = (5.0, 990.0, "timestamp discontinuity of +985.000 s (forward: a new segment of the timeline)")
+    assert rows == [*frames(range(6)), gap,
                     *frames(range(990, 996), number_of=lambda k: FPS * (k - 984))]
     assert reader.info.warnings == []
 
@@ -94,6 +97,20 @@ def test_damage_at_several_offsets_is_one_gap_and_a_warning_never_a_held_or_shif
     assert reader.info.warnings == [f"undecodable {first_bad:.3f}-{keyframe:.3f} s skipped ({n} damaged packets)"]
 
 
+def test_decoding_keyframes_only_a_lost_keyframe_is_a_gap_not_a_held_frame(tmp_path):
+    src = make_video(tmp_path / "src.mp4", duration_s=12, fps=FPS, gop=FPS, extra_args=["-bf", "0", "-movflags",
+                                                                                        "+faststart"])
+    start, end = make_damaged(src, tmp_path / "damaged.mp4", 0.8)
+    first_bad, keyframe = damaged_span(src, start, end)  # the keyframe at 10 s is damaged
+    lost = 10.0
+    assert first_bad < lost < keyframe == 11.0
+    reader, rows = read_rows(tmp_path / "damaged.mp4", keyframes_only="auto")
+    assert reader.info.keyframes_only
+    assert rows == [*frames(range(10)), (9.0, 11.0, "no keyframe for 2.000 s (decoding keyframes only)"),
+                    *frames([11])]
+    assert reader.info.warnings == ["no keyframe 9.000-11.000 s (decoding keyframes only)"]
+
+
 @pytest.mark.parametrize("at", [0.3, 0.5, 0.8])
 def test_damaged_mpeg_ts_gives_each_sample_time_once_and_only_true_pictures(tmp_path, at):
     # the MPEG-TS demuxer drops what it cannot parse without a word; what must hold is that no
@@ -115,13 +132,17 @@ def _last_whole_frame_s(src, keep_bytes):
     return max(float(p["pts_time"]) for p in packets if int(p["pos"]) + int(p["size"]) <= keep_bytes)
 
 
-@pytest.mark.parametrize("name,extra", [("faststart.mp4", ["-bf", "0", "-movflags", "+faststart"]),
-                                        ("cut.mkv", ["-bf", "0"])])
-def test_a_file_cut_short_keeps_what_decodes_and_says_what_it_read(tmp_path, name, extra):
+@pytest.mark.parametrize("name,extra,keyframes_only", [
+    ("faststart.mp4", ["-bf", "0", "-movflags", "+faststart"], "never"),
+    ("cut.mkv", ["-bf", "0"], "never"),
+    ("cut.mkv", ["-bf", "0"], "auto"),  # (the MP4 demuxer also gives the cut packet: read to its time)
+])
+def test_a_file_cut_short_keeps_what_decodes_and_says_what_it_read(tmp_path, name, extra, keyframes_only):
     src = make_video(tmp_path / f"src-{name}", duration_s=12, fps=FPS, gop=FPS, extra_args=extra)
     path = make_truncated(src, tmp_path / name, keep_fraction=0.5)
     read_end = _last_whole_frame_s(src, path.stat().st_size) + 1 / FPS
-    reader, rows = read_rows(path)
+    reader, rows = read_rows(path, keyframes_only=keyframes_only)
+    assert reader.info.keyframes_only == (keyframes_only == "auto")  # 1 s GOPs: keyframes are enough
     assert rows == frames(k for k in range(12) if k < read_end)  # nothing held to the declared 12 s
     assert reader.info.warnings == [f"ends early: read 0.000-{read_end:.3f} s of 12.000 s"]
 
@@ -143,9 +164,10 @@ def test_a_resolution_change_mid_stream(tmp_path):
     assert reader.info.warnings == []
 
 
-def test_a_codec_change_mid_stream_is_followed(tmp_path):
+@pytest.mark.parametrize("keyframes_only", ["never", "always"])
+def test_a_codec_change_mid_stream_is_followed(tmp_path, keyframes_only):
     path = make_codec_change_ts(tmp_path / "codec.ts")  # H.264, then MPEG-2 video on another PID
-    reader, rows = read_rows(path)
+    reader, rows = read_rows(path, keyframes_only=keyframes_only)
     assert rows == frames(range(12))
     assert reader.info.codec == "mpeg2video" and reader.info.warnings == []
 
