@@ -206,7 +206,7 @@ class SourceReader:
         last_wall: float | None = None
         ended_early = ""   # why a file stopped before its end
         down_since: float | None = None
-        down_reason = ""
+        down_reason = down_cause = ""  # the last reason the source is down, and the first
         backoff = options.reconnect_initial_s
         while not self.stop.is_set():
             if self._container is not None:  # None: the last reconnect failed; its reason stands
@@ -228,8 +228,8 @@ class SourceReader:
                         if down_since is not None:
                             sampler.restart_at(t)
                             yield from self._release(pending, subtitles, None)
-                            yield Gap(last_t if last_t is not None else t, t, down_reason, last_wall, wall,
-                                      sampler.next_index)
+                            yield Gap(last_t if last_t is not None else t, t, _outage(down_cause, down_reason),
+                                      last_wall, wall, sampler.next_index)
                             down_since, backoff = None, options.reconnect_initial_s
                         for sample in sampler.push(t, frame):
                             pending.append(self._to_sampled(sample, wall))
@@ -253,7 +253,8 @@ class SourceReader:
             # live source is down: close, then reconnect with backoff until it answers or we give up
             self._close()
             now = time.monotonic()
-            down_since = down_since or now
+            if down_since is None:
+                down_since, down_cause = now, down_reason
             if options.give_up_after_s is not None and now - down_since > options.give_up_after_s:
                 break
             logger.warning("%s: %s; reconnecting in %.1f s", self.source.uri, down_reason, backoff)
@@ -285,7 +286,8 @@ class SourceReader:
             pending.append(self._to_sampled(sample, last_wall))
         yield from self._release(pending, subtitles, None)
         if info.live and down_since is not None and last_t is not None:
-            yield Gap(last_t, None, f"gave up: {down_reason}", last_wall, None, sampler.next_index)
+            yield Gap(last_t, None, f"gave up: {_outage(down_cause, down_reason)}", last_wall, None,
+                      sampler.next_index)
         if self.decode_errors and not info.live:
             logger.warning("%s: %d undecodable packets skipped", self.source.uri, self.decode_errors)
         for warning in info.warnings:
@@ -537,6 +539,11 @@ def _video_end_s(container, stream) -> float | None:
         except ValueError:
             pass
     return _duration_s(container, stream)
+
+
+def _outage(cause: str, last: str) -> str:
+    """Why a live source was gone: what took it down, and what the reconnects met if that differs."""
+    return cause if last == cause or not last else f"{cause}; reconnects: {last}"
 
 
 def _describe(exc: BaseException) -> str:
