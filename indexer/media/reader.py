@@ -41,6 +41,8 @@ AVFMT_TS_DISCONT = 0x0200  # libavformat: the format allows timestamp discontinu
 RESYNC_S = 2.0             # after damage, frames wait this long at most for a keyframe (intra refresh has none)
 FOLLOW_AFTER_S = 1.0       # another video stream ahead of ours by this much has taken over (a program change)
 MAX_WARNINGS = 20
+REPLAY_WINDOW_S = 60.0     # live: how far back a reconnected source may replay (MediaClock's overlap window)
+REPLAY_DIFFERENCE = 12.0   # mean grey-level difference of 8x8 fingerprints beyond which a frame is another picture
 
 
 @dataclass
@@ -105,6 +107,7 @@ class SourceReader:
         self._declared_end_s: float | None = None  # where a file's video says it ends (from its start)
         self._keyframe_gop_s: float | None = None  # the longest GOP seen when choosing keyframes only
         self._last_packet_s: float | None = None   # raw time of the last video packet demuxed
+        self._seen: dict[int, np.ndarray] = {}     # live: raw ms -> fingerprint of the frames sampled lately
         self._ring: SegmentRing | None = None  # `ring` once the source turned out live
 
     # -- opening ---------------------------------------------------------------------------------
@@ -207,11 +210,15 @@ class SourceReader:
         ended_early = ""   # why a file stopped before its end
         down_since: float | None = None
         down_reason = down_cause = ""  # the last reason the source is down, and the first
+        restart_note = ""
         backoff = options.reconnect_initial_s
         while not self.stop.is_set():
             if self._container is not None:  # None: the last reconnect failed; its reason stands
                 try:
                     for t_raw, frame, damaged in self._frames(self._container, subtitles):
+                        if clock.in_overlap(t_raw) and not self._replayed(t_raw, frame):
+                            clock.restarted(elapsed_s=time.time() - last_wall if last_wall else 0.0)
+                            restart_note = f"; came back with its clock restarted at {t_raw:.3f} s"
                         t, jump = clock(t_raw)
                         if t is None:
                             continue  # replayed after a reconnect, or out of order after damage
@@ -228,8 +235,10 @@ class SourceReader:
                         if down_since is not None:
                             sampler.restart_at(t)
                             yield from self._release(pending, subtitles, None)
-                            yield Gap(last_t if last_t is not None else t, t, _outage(down_cause, down_reason),
-                                      last_wall, wall, sampler.next_index)
+                            yield Gap(last_t if last_t is not None else t, t,
+                                      _outage(down_cause, down_reason) + restart_note, last_wall, wall,
+                                      sampler.next_index)
+                            restart_note = ""
                             down_since, backoff = None, options.reconnect_initial_s
                         for sample in sampler.push(t, frame):
                             pending.append(self._to_sampled(sample, wall))
@@ -467,8 +476,20 @@ class SourceReader:
             raise SourceError(self.source.uri, f"{self.decode_errors} undecodable packets in a row "
                                                f"(last: {_describe(exc)})")
 
+    def _replayed(self, raw_s: float, frame: av.VideoFrame) -> bool:
+        """After a reconnect: is this frame one already seen (a replay), not a restarted source
+        whose clock is back where it was? Told by the picture sampled at that time, when there is
+        one; otherwise taken as a replay."""
+        seen = self._seen.get(round(raw_s * 1000))
+        return seen is None or float(np.abs(_fingerprint(frame) - seen).mean()) < REPLAY_DIFFERENCE
+
     def _to_sampled(self, sample: Sample, wall: float | None) -> SampledFrame:
         frame: av.VideoFrame = sample.item
+        if self.info.live:  # kept to tell a replay after a reconnect from a restarted source
+            key = round(float(frame.pts * frame.time_base) * 1000)
+            self._seen[key] = _fingerprint(frame)
+            while len(self._seen) > 1 and next(iter(self._seen)) < key - REPLAY_WINDOW_S * 1000:
+                self._seen.pop(next(iter(self._seen)))
         width, height = scaled_size(frame.width, frame.height, self.options.short_side)
         image = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
         return SampledFrame(sample.index, sample.time_s, wall, image)
@@ -539,6 +560,12 @@ def _video_end_s(container, stream) -> float | None:
         except ValueError:
             pass
     return _duration_s(container, stream)
+
+
+def _fingerprint(frame: av.VideoFrame) -> np.ndarray:
+    """8x8 mean grey levels of the picture: enough to tell a replayed frame from another one."""
+    grey = frame.to_ndarray(width=32, height=32, format="gray", interpolation="AREA").astype(np.float32)
+    return grey.reshape(8, 4, 8, 4).mean(axis=(1, 3))
 
 
 def _outage(cause: str, last: str) -> str:

@@ -144,6 +144,18 @@ class MediaClock:
         else:
             self._restart_after_s = (self.last_s or 0.0) + max(elapsed_s, self._frame_s)
 
+    def in_overlap(self, raw_s: float) -> bool:
+        """Whether a frame at `raw_s` falls where a reconnected source's replay would (and would
+        be dropped as one)."""
+        return self._expect_overlap and self._last_raw is not None and \
+            -self.overlap_window_s <= raw_s - self._last_raw <= 0
+
+    def restarted(self, elapsed_s: float) -> None:
+        """The source's clock started again (a restarted publisher) though its times fall where a
+        replay would: time continues from the last time plus `elapsed_s`, as after a new session."""
+        self._expect_overlap = False
+        self._restart_after_s = (self.last_s or 0.0) + max(elapsed_s, self._frame_s)
+
     def __call__(self, raw_s: float) -> tuple[float | None, float | None]:
         """(media time, or None for a frame to drop; discontinuity size or None)."""
         jump = None

@@ -97,3 +97,60 @@ def test_a_live_clock_that_runs_faster_than_the_wall_clock_is_followed_not_the_w
     media = frames[-1].pts_s - frames[0].pts_s
     wall = frames[-1].wall_time - frames[0].wall_time
     assert 0.7 < wall / media < 0.9, (wall, media)  # about 1 / 1.25: the wall clock is not the timeline
+
+
+def test_an_hls_publisher_restarted_with_its_playlist_and_clock_from_zero(tmp_path):
+    # the encoder restarts: a new playlist whose media sequence starts at 0 again, and a clock
+    # back at 0 showing other pictures (the source 20 s on). Its first seconds are not taken for
+    # a replay of what was read before the restart (that dropped its first ~10 s of picture)
+    video = make_video(tmp_path / "cam.ts", duration_s=40, fps=FPS, gop=FPS)
+
+    def publish(procs, name, www, *seek):
+        procs.start(name, [
+            ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-nostdin", "-re", *seek, "-i", str(video),
+            "-map", "0:v", "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", "-f", "hls", "-hls_time", "1",
+            "-hls_list_size", "6", "-hls_flags", "delete_segments+temp_file",
+            "-hls_segment_filename", str(www / f"{name}%05d.ts"), str(www / "live.m3u8")])  # fmt: skip
+
+    with _workspace("hls-restart-") as (tmp, procs):
+        www = tmp / "www"
+        www.mkdir()
+        url = f"{_serve_http(procs, www, 30.0)}/live.m3u8"
+        publish(procs, "first", www)
+        procs.wait_for("playlist", lambda: (www / "live.m3u8").exists() and
+                       (www / "live.m3u8").read_text().count("#EXTINF") >= 2, 30.0)
+        reader = SourceReader(parse_source(url), ReaderOptions(**(OPTIONS | {"give_up_after_s": 10.0})))
+        reader.open()
+        items, restarted = [], []
+
+        def restart() -> None:
+            publish(procs, "second", www, "-ss", "20")  # pts from 0 again, frame 500 on
+
+        for item in reader.samples():
+            items.append(item)
+            frames = [i for i in items if isinstance(i, SampledFrame)]
+            if len(frames) == 12 and not restarted:
+                _, first = procs.procs.pop(1)
+                first.kill()
+                first.wait()
+                (www / "live.m3u8").unlink()
+                restarted.append(threading.Timer(1.0, restart))
+                restarted[0].start()
+            gap_at = next((n for n, i in enumerate(items) if isinstance(i, Gap)), None)
+            if gap_at is not None and sum(isinstance(i, SampledFrame) for i in items[gap_at:]) >= 8:
+                break
+        reader.close()
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert len(gaps) == 1 and gaps[0].end_s is not None, gaps
+    gap = gaps[0]
+    assert gap.reason.endswith(" s") and "came back with its clock restarted at" in gap.reason, gap.reason
+    before = [i for i in items[:items.index(gap)] if isinstance(i, SampledFrame)]
+    after = [i for i in items[items.index(gap) + 1:] if isinstance(i, SampledFrame)]
+    assert all(read_frame_number(f.image) == round(f.pts_s * FPS) for f in before)
+    numbers = [read_frame_number(f.image) for f in after]
+    assert all(n >= 500 for n in numbers)  # the restarted source's pictures ...
+    assert numbers[0] - 500 < 4 * FPS      # ... from its first segments on, not from where the old clock was
+    assert all(abs(f.pts_s - (after[0].pts_s + (n - numbers[0]) / FPS)) < 1e-3 for f, n in zip(after, numbers))
+    assert gap.end_s - gap.start_s >= gap.wall_end - gap.wall_start - 0.5  # time went on by the outage
+    indices = [f.index for f in before + after]
+    assert indices == [*range(before[0].index, before[-1].index + 1), *range(after[0].index, after[-1].index + 1)]
