@@ -16,7 +16,13 @@ from indexer.llamavid.tiny import make_tiny_checkpoint
 from indexer.settings import Settings
 from indexer.store import IndexReader
 from indexer.store.info import describe_index
-from tests.mediagen import make_spliced_ts, make_truncated, make_video, make_zero_byte, read_frame_number
+from tests.mediagen import (
+    make_spliced_ts,
+    make_truncated,
+    make_video,
+    make_zero_byte,
+    read_frame_number,
+)
 from tests.streams import hls_live
 
 FPS = 25

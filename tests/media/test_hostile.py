@@ -7,10 +7,27 @@ import re
 
 import pytest
 
-from indexer.media import Gap, ReaderOptions, SampledFrame, SourceError, SourceReader, parse_source
-from tests.mediagen import (damaged_span, ffprobe, make_audio_gap_video, make_codec_change_ts, make_damaged,
-                            make_hls_vod, make_resolution_change_ts, make_spliced_ts, make_truncated, make_video,
-                            read_frame_number)
+from indexer.media import (
+    Gap,
+    ReaderOptions,
+    SampledFrame,
+    SourceError,
+    SourceReader,
+    parse_source,
+)
+from tests.mediagen import (
+    damaged_span,
+    ffprobe,
+    make_audio_gap_video,
+    make_codec_change_ts,
+    make_damaged,
+    make_hls_vod,
+    make_resolution_change_ts,
+    make_spliced_ts,
+    make_truncated,
+    make_video,
+    read_frame_number,
+)
 from tests.streams import http_files
 
 FPS = 25  # the videos' rate; sampled at 1 per second, so sample k shows frame 25 k when intact

@@ -3,16 +3,23 @@ mid-stream, and an HLS publisher whose clock runs faster than the wall clock. Ea
 shows its own number, so the rows are checked against the truth."""
 
 import re
-import subprocess
+import socket
 import threading
 import time
 
 from indexer.media import Gap, ReaderOptions, SampledFrame, SourceReader, parse_source
 from tests.mediagen import ffmpeg_bin, make_video, read_frame_number
-from tests.streams import RTSP_SCRIPT, SYSTEM_PYTHON, _free_port, _Processes, _serve_http, _workspace
+from tests.streams import (
+    RTSP_SCRIPT,
+    SYSTEM_PYTHON,
+    _free_port,
+    _Processes,
+    _serve_http,
+    _workspace,
+)
 
 FPS = 25
-OPTIONS = dict(fps=2.0, read_timeout_s=2.0, open_timeout_s=10.0, reconnect_initial_s=0.2, reconnect_max_s=0.5)
+OPTIONS = {"fps": 2.0, "read_timeout_s": 2.0, "open_timeout_s": 10.0, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5}
 
 
 def _start_rtsp(procs: _Processes, name: str, video, port: int) -> None:
@@ -25,7 +32,7 @@ def test_an_rtsp_server_restarted_mid_stream_is_one_gap_and_time_goes_on(tmp_pat
     # its new session plays from frame 0 with its clock at 0 again
     video = make_video(tmp_path / "cam.ts", duration_s=30, fps=FPS, gop=FPS)
     with _workspace("rtsp-restart-") as (_, procs):
-        port = _free_port(__import__("socket").SOCK_STREAM)
+        port = _free_port(socket.SOCK_STREAM)
         _start_rtsp(procs, "first", video, port)
         reader = SourceReader(parse_source(f"rtsp://127.0.0.1:{port}/stream"),
                               ReaderOptions(**(OPTIONS | {"give_up_after_s": 30.0})))
