@@ -318,8 +318,9 @@ class SourceReader:
             return f"timestamp discontinuity of {jump:+.3f} s ({kind}: a new segment of the timeline)", \
                 last_t + frame_s
         if damaged:
-            self._warn(f"undecodable {last_t:.3f}-{t:.3f} s skipped ({damaged} damaged packets)")
-            return f"undecodable: {damaged} damaged packets skipped", last_t + frame_s
+            damage = f"{damaged} damaged packet{'s' if damaged > 1 else ''}"
+            self._warn(f"undecodable {last_t:.3f}-{t:.3f} s skipped ({damage})")
+            return f"undecodable: {damage} skipped", last_t + frame_s
         if t - last_t > self.options.max_hold_s:
             return f"no picture for {t - last_t:.3f} s (held {self.options.max_hold_s:g} s: reader.max_hold_s)", \
                 last_t + self.options.max_hold_s
@@ -443,6 +444,13 @@ class SourceReader:
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * frame.time_base) - start
+                if frame.is_corrupt:  # decoded with errors, concealed from other pictures: damage too
+                    self.info.errors.append(f"concealed damage in the frame at {t:.3f} s") \
+                        if len(self.info.errors) < MAX_WARNINGS else None
+                    damaged += 1
+                    damage_s = damage_s if resync_until is not None else t
+                    resync_until = max(resync_until or t, t + RESYNC_S)
+                    continue
                 if resync_until is not None:
                     if t < damage_s:
                         yield t, frame, 0  # decoded before the damage (frame threads output late)

@@ -90,11 +90,12 @@ def test_hls_ext_x_discontinuity_both_ways(tmp_path, resume_pts_s, gap, after):
 
 def _damage_rows(src, start, end):
     """What a damaged H.264 file without B-frames must give: the frames before the first damaged
-    packet (which FFmpeg still decodes, concealed), a gap to the next keyframe after the damage,
-    the frames from it on."""
+    packet, a gap from the last of them to the next keyframe after the damage, the frames from it
+    on (the damaged packet's own frame, decoded with concealment, is flagged corrupt: dropped)."""
     first_bad, keyframe = damaged_span(src, start, end)
-    return first_bad, keyframe, [*frames(k for k in range(12) if k < first_bad),
-                                 (first_bad, keyframe, "undecodable: {n} damaged packets skipped"),
+    last_good = round(first_bad - 1 / FPS, 3)
+    return last_good, keyframe, [*frames(k for k in range(12) if k < first_bad),
+                                 (last_good, keyframe, "undecodable: {n} damaged packets skipped"),
                                  *frames(k for k in range(12) if k >= keyframe)]
 
 
@@ -103,15 +104,15 @@ def test_damage_at_several_offsets_is_one_gap_and_a_warning_never_a_held_or_shif
     src = make_video(tmp_path / "src.mp4", duration_s=12, fps=FPS, gop=FPS, extra_args=["-bf", "0", "-movflags",
                                                                                         "+faststart"])
     start, end = make_damaged(src, tmp_path / "damaged.mp4", at)
-    first_bad, keyframe, expected = _damage_rows(src, start, end)
+    last_good, keyframe, expected = _damage_rows(src, start, end)
     reader, rows = read_rows(tmp_path / "damaged.mp4")
-    gap = next(r for r in rows if r[0] == first_bad and r[1] == keyframe)
+    gap = next((r for r in rows if isinstance(r[0], float)), None)
     count = re.fullmatch(r"undecodable: (\d+) damaged packets skipped", gap[2])
     assert count, gap
     n = int(count.group(1))
-    assert rows == [r if r[2] != "undecodable: {n} damaged packets skipped" else (first_bad, keyframe, gap[2])
+    assert rows == [r if r[2] != "undecodable: {n} damaged packets skipped" else (last_good, keyframe, gap[2])
                     for r in expected]
-    assert reader.info.warnings == [f"undecodable {first_bad:.3f}-{keyframe:.3f} s skipped ({n} damaged packets)"]
+    assert reader.info.warnings == [f"undecodable {last_good:.3f}-{keyframe:.3f} s skipped ({n} damaged packets)"]
 
 
 def test_decoding_keyframes_only_a_lost_keyframe_is_a_gap_not_a_held_frame(tmp_path):
@@ -141,6 +142,21 @@ def test_damaged_mpeg_ts_gives_each_sample_time_once_and_only_true_pictures(tmp_
     assert all(number == round(pts * FPS) and k - 1 < pts <= k for k, pts, number in sampled)
     gaps = [r for r in rows if r not in sampled]
     assert len(gaps) == len(reader.info.warnings) <= 1
+
+
+def test_damaged_matroska_drops_the_concealed_frame_and_says_so(tmp_path):
+    # the Matroska demuxer skips what it cannot parse without an error; the decoder conceals the
+    # damaged frame from an earlier picture (flagged corrupt): it must not be sampled, let alone
+    # held over the sample times of the skipped stretch
+    src = make_video(tmp_path / "src.mkv", duration_s=12, fps=FPS, gop=FPS, extra_args=["-bf", "0"])
+    start, end = make_damaged(src, tmp_path / "damaged.mkv", 0.5)
+    first_bad, keyframe = damaged_span(src, start, end)
+    last_good = round(first_bad - 1 / FPS, 3)
+    reader, rows = read_rows(tmp_path / "damaged.mkv")
+    assert rows == [*frames(k for k in range(12) if k < first_bad),
+                    (last_good, keyframe, "undecodable: 1 damaged packet skipped"),
+                    *frames(k for k in range(12) if k >= keyframe)]
+    assert reader.info.warnings == [f"undecodable {last_good:.3f}-{keyframe:.3f} s skipped (1 damaged packet)"]
 
 
 def _last_whole_frame_s(src, keep_bytes):
