@@ -359,9 +359,10 @@ class SourceReader:
 
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame, int]]:
         """(raw seconds, frame, damaged packets skipped just before it) of the video; subtitle
-        packets go to `subtitles`. After a packet that does not decode, frames wait for the next keyframe
-        (or `RESYNC_S` of media): until then they are built on lost pictures. Too many damaged
-        packets in a row fail the source. In formats whose programs may change (MPEG-TS, HLS)
+        packets go to `subtitles`. After a packet that does not decode or a frame the decoder
+        flags corrupt (concealed), frames wait for the next keyframe (or `RESYNC_S` of media):
+        until then they are built on lost pictures. Too many damaged packets in a row fail the
+        source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
         PID) is followed. Ends early when `stop` is set."""
         start = 0.0 if self.info.live else _start_s(container)
@@ -445,8 +446,7 @@ class SourceReader:
                     continue
                 t = float(frame.pts * frame.time_base) - start
                 if frame.is_corrupt:  # decoded with errors, concealed from other pictures: damage too
-                    self.info.errors.append(f"concealed damage in the frame at {t:.3f} s") \
-                        if len(self.info.errors) < MAX_WARNINGS else None
+                    self._note_error(f"concealed damage in the frame at {t:.3f} s")
                     damaged += 1
                     damage_s = damage_s if resync_until is not None else t
                     resync_until = max(resync_until or t, t + RESYNC_S)
@@ -470,16 +470,20 @@ class SourceReader:
             return []
 
     def _flush(self, stream) -> list[av.VideoFrame]:
+        """The frames a decoder still holds (it is being left for another stream)."""
         try:
             return [f for f in stream.codec_context.decode(None) if f.pts is not None]
         except PACKET_ERRORS as exc:
             self._decode_error(exc)
             return []
 
+    def _note_error(self, error: str) -> None:
+        if len(self.info.errors) < MAX_WARNINGS:  # the first ones: a long damaged stretch repeats itself
+            self.info.errors.append(error)
+
     def _decode_error(self, exc: Exception) -> None:
         self.decode_errors += 1
-        if len(self.info.errors) < MAX_WARNINGS:
-            self.info.errors.append(_describe(exc))
+        self._note_error(_describe(exc))
         if self.decode_errors >= self.options.max_decode_errors:
             raise SourceError(self.source.uri, f"{self.decode_errors} undecodable packets in a row "
                                                f"(last: {_describe(exc)})")
