@@ -201,3 +201,19 @@ def test_int4_is_a_quarter_of_float16_plus_scales():
     size = sum(a.nbytes for a in Int4Features().encode(x)) / 2
     assert size == 257 * 1408 / 2 + 257 * (1408 // 128) * 2 * 2
     assert size * 3600 <= 0.7e9
+
+
+def test_warnings_are_committed_and_a_resumed_read_adds_to_them(tmp_path):
+    w = IndexWriter(tmp_path, LAYOUT)
+    w.open_stream(info(), 1.0, "file")
+    w.append(batch(0, 4))
+    w.stream_warning("cam", ["undecodable 2.880-5.000 s skipped (35 damaged packets)"])
+    w.commit()
+    w.close()
+    w2 = IndexWriter(tmp_path, LAYOUT)
+    assert w2.open_stream(info(), 1.0, "file").warning == "undecodable 2.880-5.000 s skipped (35 damaged packets)"
+    w2.stream_warning("cam", ["undecodable 2.880-5.000 s skipped (35 damaged packets)",
+                              "ends early: read 4.000-5.320 s of 12.000 s"])
+    w2.close()
+    assert IndexReader(tmp_path).manifest.streams["cam"].warning == (
+        "undecodable 2.880-5.000 s skipped (35 damaged packets); ends early: read 4.000-5.320 s of 12.000 s")
