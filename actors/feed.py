@@ -64,6 +64,7 @@ class FedSource:
                 self.info = feed.info
             elif feed.info is not None:
                 self.info.errors[:] = feed.info.errors
+                self.info.warnings[:] = feed.info.warnings
             self._feeds.append(feed.items)
             walls = [item.wall_time for item in feed.items if isinstance(item, SampledFrame) and item.wall_time]
             if walls:

@@ -65,6 +65,7 @@ class IngestSummary:
                 out.append(f"  {s.stream_id}: already complete ({length})")
                 continue
             out.append(f"  {s.stream_id}: {plural(self.frames(s), 'frame')}, {plural(s.gaps, 'gap')}, {length}; {status}")
+            out.extend(f"    warning: {s.uri}: {w}" for w in s.warnings)
         if self.nothing_to_do:
             out.append(f"nothing to do: {plural(len(self.streams), 'source')} already indexed to the end "
                        "(a new --index indexes them again)")

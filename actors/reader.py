@@ -46,6 +46,7 @@ class StreamSummary:
     gaps: int = 0
     error: str | None = None
     decode_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # what could not be read, with ranges
     stopped: bool = False
 
 
@@ -134,6 +135,7 @@ class ReaderActor:
             except Rewind as rewind:
                 logger.warning("%s: writer lost frames; reading again from sample %d", self.source.uri, rewind.index)
                 reader.close()
+                summary.warnings.extend(info.warnings)  # what the first read found stays said
                 self._inflight.clear()
                 self._retained.clear()
                 start_index = rewind.index
@@ -145,6 +147,9 @@ class ReaderActor:
                 ray.get(self.writer.stream_error.remote(self.source.stream_id, exc.reason))
                 break
         summary.decode_errors = list(info.errors[:20])
+        summary.warnings = list(dict.fromkeys([*summary.warnings, *info.warnings]))
+        if summary.warnings:
+            ray.get(self.writer.stream_warning.remote(self.source.stream_id, summary.warnings))
         if summary.error is None and not self._stop.is_set():
             ray.get(self.writer.finish_stream.remote(self.source.stream_id))
         else:

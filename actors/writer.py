@@ -55,6 +55,10 @@ class WriterActor:
         with self._lock:
             self.writer.stream_error(stream_id, error)
 
+    def stream_warning(self, stream_id: str, warnings: list[str]) -> None:
+        with self._lock:
+            self.writer.stream_warning(stream_id, warnings)
+
     def finish_stream(self, stream_id: str) -> int:
         with self._lock:
             self.writer.finish_stream(stream_id)
@@ -78,7 +82,7 @@ class WriterActor:
             for sid, entry in self.writer.manifest.streams.items():
                 out[sid] = {"uri": entry.uri, "live": entry.live, "fps": entry.fps, "duration_s": entry.duration_s,
                             "expected_index": self.writer.expected_index(sid), "committed_index": entry.next_index,
-                            "frames": entry.frames, "gaps": entry.gaps, "error": entry.error,
+                            "frames": entry.frames, "gaps": entry.gaps, "error": entry.error, "warning": entry.warning,
                             "complete": entry.complete, "watermark_s": entry.watermark_s}
         return out
 

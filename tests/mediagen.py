@@ -33,9 +33,15 @@ __all__ = [
     "ffmpeg_bin",
     "ffprobe",
     "frame_pattern",
+    "make_audio_gap_video",
     "make_audio_only",
+    "make_codec_change_ts",
     "make_corrupt",
+    "make_damaged",
+    "make_hls_vod",
     "make_non_video",
+    "make_resolution_change_ts",
+    "make_spliced_ts",
     "make_truncated",
     "make_unsupported_codec",
     "make_vfr_video",
@@ -425,3 +431,140 @@ def png_bomb(side: int) -> bytes:
     idat += packer.flush()
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def make_damaged(src: str | Path, path: str | Path, at_fraction: float, length: int = 4000,
+                 seed: int = 0) -> tuple[int, int]:
+    """``src`` with ``length`` seeded random bytes written at ``at_fraction`` of its size;
+    returns the damaged byte range ``[start, end)`` (see :func:`damaged_span`)."""
+    data = bytearray(Path(src).read_bytes())
+    start = int(len(data) * at_fraction)
+    end = min(len(data), start + length)
+    data[start:end] = np.random.default_rng(seed).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(bytes(data))
+    return start, end
+
+
+def damaged_span(src: str | Path, start: int, end: int) -> tuple[float, float | None]:
+    """For a file without B-frames: (pts of the first video frame whose bytes lie in
+    ``[start, end)``, pts of the first keyframe wholly after it, or None) from ffprobe of the
+    intact ``src``. A packet's bytes run from its position to the next packet's."""
+    info = ffprobe(src, "-select_streams", "v:0", "-show_entries", "packet=pts_time,pos,size,flags")
+    packets = sorted((int(p["pos"]), int(p["size"]), float(p["pts_time"]), "K" in p["flags"])
+                     for p in info["packets"] if p.get("pos") not in (None, "N/A"))
+    first_bad = None
+    for (pos, size, pts, _), following in zip(packets, [*packets[1:], None]):
+        stop = following[0] if following and Path(src).suffix == ".ts" else pos + size
+        if pos < end and stop > start:
+            first_bad = pts if first_bad is None else min(first_bad, pts)
+    if first_bad is None:
+        raise ValueError(f"no video packet in bytes {start}-{end} of {src}")
+    after = [pts for pos, _, pts, key in packets if key and pos >= end and pts > first_bad]
+    return first_bad, (min(after) if after else None)
+
+
+def _remux_ts(src: Path, path: Path, *, start_s: float | None = None, duration_s: float | None = None,
+              offset_s: float = 0.0, discontinuity: bool = False, first_pid: int | None = None) -> Path:
+    """A stream copy of part of an MPEG-TS: from ``start_s`` (a keyframe; times then restart at 0)
+    for ``duration_s``, timestamps shifted by ``offset_s``; ``discontinuity`` sets the MPEG-TS
+    discontinuity_indicator on the first packets; ``first_pid`` moves the video to another PID."""
+    _run([
+        ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        *(["-ss", f"{start_s}"] if start_s is not None else []), "-i", str(src),
+        *(["-t", f"{duration_s}"] if duration_s is not None else []), "-map", "0", "-c", "copy",
+        "-output_ts_offset", f"{offset_s}", "-muxdelay", "0", "-muxpreload", "0",
+        *(["-mpegts_flags", "+initial_discontinuity"] if discontinuity else []),
+        *(["-mpegts_start_pid", str(first_pid)] if first_pid else []), "-f", "mpegts", str(path),
+    ])  # fmt: skip
+    return path
+
+
+def make_spliced_ts(path: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float = 6.0,
+                    resume_pts_s: float = 990.0) -> Path:
+    """Frames ``0..N-1`` in MPEG-TS (H.264, keyframe every second) spliced at ``splice_s``:
+    frames before it have pts ``n / fps``, the frame at the splice and those after it continue at
+    ``resume_pts_s`` (ahead: a spliced broadcast capture; behind, e.g. 0: an encoder or camera
+    clock reset). The second part starts with the MPEG-TS discontinuity_indicator set, as a
+    splicer marks it; the two parts are byte-concatenated."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = make_video(Path(tmp) / "whole.ts", duration_s=duration_s, fps=fps, gop=fps)
+        first = _remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s)
+        second = _remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s, discontinuity=True)
+        path.write_bytes(first.read_bytes() + second.read_bytes())
+    return path
+
+
+def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float = 6.0,
+                 resume_pts_s: float = 990.0, segment_s: int = 2) -> Path:
+    """A complete HLS playlist ``directory/vod.m3u8`` of ``segment_s`` MPEG-TS segments, frames
+    ``0..N-1`` with pts ``n / fps`` until ``splice_s``, then from ``resume_pts_s`` on after an
+    ``#EXT-X-DISCONTINUITY`` (as :func:`make_spliced_ts`). Returns the playlist's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = make_video(Path(tmp) / "whole.ts", duration_s=duration_s, fps=fps, gop=fps)
+        parts = [_remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s),
+                 _remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s)]
+        entries: list[list[str]] = []
+        for name, part in zip("ab", parts):
+            _run([
+                ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-copyts", "-i", str(part),
+                "-c", "copy", "-muxdelay", "0", "-muxpreload", "0", "-f", "hls", "-hls_time", str(segment_s),
+                "-hls_playlist_type", "vod", "-hls_segment_filename", str(directory / f"{name}%03d.ts"),
+                str(Path(tmp) / f"{name}.m3u8"),
+            ])  # fmt: skip
+            lines = (Path(tmp) / f"{name}.m3u8").read_text().splitlines()
+            entries.append([line for line in lines if line.startswith("#EXTINF") or line.endswith(".ts")])
+    target = max(segment_s, 1)
+    playlist = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target + 1}", "#EXT-X-MEDIA-SEQUENCE:0",
+                "#EXT-X-PLAYLIST-TYPE:VOD", *entries[0], "#EXT-X-DISCONTINUITY", *entries[1], "#EXT-X-ENDLIST"]
+    path = directory / "vod.m3u8"
+    path.write_text("\n".join(playlist) + "\n")
+    return path
+
+
+def make_resolution_change_ts(path: str | Path, *, duration_s: float = 12.0, fps: int = 25, change_s: float = 6.0,
+                              sizes: tuple[tuple[int, int], tuple[int, int]] = ((320, 240), (640, 360))) -> Path:
+    """H.264 in MPEG-TS, frames ``0..N-1`` at pts ``n / fps``, ``sizes[0]`` before ``change_s``
+    and ``sizes[1]`` from it on (new SPS at a keyframe, same PID, no timestamp jump)."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        small = make_video(Path(tmp) / "small.ts", duration_s=duration_s, fps=fps, gop=fps, size=sizes[0])
+        large = make_video(Path(tmp) / "large.ts", duration_s=duration_s, fps=fps, gop=fps, size=sizes[1])
+        first = _remux_ts(small, Path(tmp) / "a.ts", duration_s=change_s)
+        second = _remux_ts(large, Path(tmp) / "b.ts", start_s=change_s, offset_s=change_s, discontinuity=True)
+        path.write_bytes(first.read_bytes() + second.read_bytes())
+    return path
+
+
+def make_codec_change_ts(path: str | Path, *, duration_s: float = 12.0, fps: int = 25, change_s: float = 6.0) -> Path:
+    """MPEG-TS, frames ``0..N-1`` at pts ``n / fps``: H.264 before ``change_s``, MPEG-2 video
+    from it on in a new elementary stream (another PID, as a broadcaster's program change)."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        h264 = make_video(Path(tmp) / "h264.ts", duration_s=duration_s, fps=fps, gop=fps)
+        mpeg2 = make_video(Path(tmp) / "mpeg2.ts", duration_s=duration_s, fps=fps, gop=fps, codec="mpeg2video")
+        first = _remux_ts(h264, Path(tmp) / "a.ts", duration_s=change_s)
+        second = _remux_ts(mpeg2, Path(tmp) / "b.ts", start_s=change_s, offset_s=change_s, first_pid=0x200,
+                            discontinuity=True)
+        path.write_bytes(first.read_bytes() + second.read_bytes())
+    return path
+
+
+def make_audio_gap_video(path: str | Path, *, duration_s: float = 12.0, fps: int = 25,
+                         hole: tuple[float, float] = (4.0, 8.0)) -> Path:
+    """Frames ``0..N-1`` at pts ``n / fps`` with a 440 Hz tone for the whole length, but no
+    video frame with ``hole[0] <= pts < hole[1]``: a stretch of audio only (container by suffix)."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = make_video(Path(tmp) / "whole.mkv", duration_s=duration_s, fps=fps, gop=fps)
+        a, b = hole
+        _run([
+            ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(whole),
+            "-f", "lavfi", "-i", f"sine=frequency=440:duration={duration_s}", "-map", "0:v", "-map", "1:a",
+            "-vf", f"select='lt(t,{a})+gte(t,{b})'", "-fps_mode", "passthrough",
+            "-c:v", "libx264", *_codec_args("libx264", fps, path.suffix.lower()), "-c:a", "aac",
+            *_container_args(path.suffix.lower()), str(path),
+        ])  # fmt: skip
+    return path

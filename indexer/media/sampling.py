@@ -69,6 +69,17 @@ class PtsSampler(Generic[Item]):
         self._held = None
         return out
 
+    def cut(self, end_s: float) -> list[Sample[Item]]:
+        """The held frame stops showing at `end_s` (damage, a jump, a stall past the hold bound):
+        it stands for the grid points before `end_s` only, and is then forgotten."""
+        out = []
+        if self._held is not None:
+            while grid_time(self.next_index, self.fps) < end_s - 1e-9:
+                out.append(Sample(self.next_index, self._held[0], self._held[1]))
+                self.next_index += 1
+        self._held = None
+        return out
+
     def drop_held(self) -> None:
         """Forget the held frame without sampling it again (the picture stopped: a gap)."""
         self._held = None
@@ -91,22 +102,28 @@ class PtsSampler(Generic[Item]):
 
 
 class MediaClock:
-    """Raw presentation times -> one monotonic media time.
+    """Raw presentation times -> one monotonic media time, as the stream means them.
 
-    MPEG-TS timestamps wrap after 2**33 ticks of 90 kHz; live sources jump when the publisher
-    restarts or splices. A backward jump (or, for live sources, a forward jump beyond
-    `max_jump_s`) is a discontinuity: time continues one frame after the last one, and the jump
-    is reported so the reader can record it. After a reconnect (or when resuming at `last_s`)
-    a live source replays what it already sent (an HLS playlist starts a few segments back):
-    those frames are overlap and are dropped."""
+    In formats whose timestamps may jump (`discontinuous`: MPEG-TS, HLS, every live source) a
+    jump is a new segment of the stream's timeline, reported so the reader records a gap:
+    forward beyond `max_jump_s`, time keeps the stream's own values (the grid points inside the
+    jump get no frame); backward beyond a second, time continues one frame after the last one,
+    since the timeline never goes back. A 33-bit MPEG-TS wrap is not a jump. In the other
+    formats (MP4, Matroska, ...) the timestamps are the file's index: a frame earlier than the
+    last one is a decoder glitch after damage and is dropped, a forward step is a held picture.
+
+    After a reconnect (or when resuming at `last_s`) a live source replays what it already sent
+    (an HLS playlist starts a few segments back): those frames are overlap and are dropped."""
 
     def __init__(self, live: bool, max_jump_s: float = 60.0, last_s: float | None = None,
-                 overlap_window_s: float = 60.0):
+                 overlap_window_s: float = 60.0, discontinuous: bool | None = None):
         self.live = live
+        self.discontinuous = live if discontinuous is None else discontinuous or live
         self.max_jump_s = max_jump_s
         self.overlap_window_s = overlap_window_s
         self.offset_s = 0.0
         self.last_s = last_s          # last media time given out
+        self.jumps = 0                # discontinuities so far
         self._last_raw = last_s       # seeded resume: raw and media time agree until a jump
         self._frame_s = 0.04
         self._expect_overlap = last_s is not None
@@ -127,8 +144,20 @@ class MediaClock:
         else:
             self._restart_after_s = (self.last_s or 0.0) + max(elapsed_s, self._frame_s)
 
+    def in_overlap(self, raw_s: float) -> bool:
+        """Whether a frame at `raw_s` falls where a reconnected source's replay would (and would
+        be dropped as one)."""
+        return self._expect_overlap and self._last_raw is not None and \
+            -self.overlap_window_s <= raw_s - self._last_raw <= 0
+
+    def restarted(self, elapsed_s: float) -> None:
+        """The source's clock started again (a restarted publisher) though its times fall where a
+        replay would: time continues from the last time plus `elapsed_s`, as after a new session."""
+        self._expect_overlap = False
+        self._restart_after_s = (self.last_s or 0.0) + max(elapsed_s, self._frame_s)
+
     def __call__(self, raw_s: float) -> tuple[float | None, float | None]:
-        """(media time, or None for an overlapping frame to drop; discontinuity size or None)."""
+        """(media time, or None for a frame to drop; discontinuity size or None)."""
         jump = None
         if self._restart_after_s is not None:
             self.offset_s = self._restart_after_s - raw_s
@@ -139,13 +168,18 @@ class MediaClock:
                 self.offset_s += MPEG_TS_WRAP_S  # timestamp wrap: not a discontinuity
             elif self._expect_overlap and -self.overlap_window_s <= step <= 0:
                 return None, None
-            elif step < -1.0 or (self.live and step > self.max_jump_s):
+            elif step < 0 and not self.discontinuous:
+                return None, None  # out of index order: a glitch, not picture
+            elif self.discontinuous and step < -1.0:
                 self.offset_s = (self.last_s or 0.0) + self._frame_s - raw_s
+                jump = step
+            elif self.discontinuous and step > self.max_jump_s:
                 jump = step
             elif 0 < step < 1.0:
                 self._frame_s = step
         self._expect_overlap = False
         self._last_raw = raw_s
+        self.jumps += jump is not None
         t = raw_s + self.offset_s
         self.last_s = t if self.last_s is None else max(self.last_s, t)
         return t, jump

@@ -46,7 +46,11 @@ class ReaderOptions(BaseModel):
     give_up_after_s: float | None = Field(
         None, gt=0, description="a live source that stays unreachable this long ends (None: reconnect forever, "
         "at least every reconnect_max_s)")
-    max_discontinuity_s: float = Field(60.0, gt=0, description="a live clock jump beyond this is a discontinuity")
+    max_discontinuity_s: float = Field(
+        60.0, gt=0, description="a forward clock jump beyond this (live, MPEG-TS, HLS) is a discontinuity: a gap")
+    max_hold_s: float = Field(
+        10.0, gt=0, description="a frame stands for sample times at most this long after its own; a longer "
+                                "stall without picture is a gap")
     max_decode_errors: int = Field(50, ge=1, description="consecutive undecodable packets before a source fails")
 
 

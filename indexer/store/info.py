@@ -28,6 +28,8 @@ def describe_index(root: str | os.PathLike) -> list[str]:
         state = "complete" if s.complete else ("error: " + s.error if s.error else "resumable")
         lines.append(f"  {sid}: {s.uri} [{s.protocol}] {s.frames} frames at {s.fps:g} fps, up to {covered} "
                      f"{length}, {s.gaps} gaps; {state}")
+        if s.warning:
+            lines.append(f"    warning: {s.warning}")
         if s.gaps:
             gaps = index.timeline(sid, columns=["kind", "pts_s", "end_s", "reason"]).to_pylist()
             for gap in [g for g in gaps if g["kind"] == "gap"][:10]:

@@ -72,6 +72,7 @@ class StreamEntry(BaseModel):
     complete: bool = False
     error: str | None = None
     liveness: Liveness | None = None       # live sources: the reader's last report (see Liveness)
+    warning: str | None = None             # what of the source could not be read (ends early, damage), with ranges
     segments: list[Segment] = Field(default_factory=list)
 
     def check_resume(self, uri: str, fps: float) -> None:

@@ -110,6 +110,14 @@ class IndexWriter:
         entry.error = error
         self._dirty.add(stream_id)
 
+    def stream_warning(self, stream_id: str, warnings: list[str]) -> None:
+        """Record what of the source could not be read; a resumed read adds to what an earlier
+        one found."""
+        entry = self.manifest.streams[stream_id]
+        known = entry.warning.split("; ") if entry.warning else []
+        entry.warning = "; ".join(dict.fromkeys([*known, *warnings])) or None
+        self._dirty.add(stream_id)
+
     def finish_stream(self, stream_id: str) -> None:
         """The source ended: mark it complete at the next commit (a later ingest does nothing)."""
         self.manifest.streams[stream_id].complete = True

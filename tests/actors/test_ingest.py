@@ -2,6 +2,7 @@
 index root; bad inputs fail alone; a rerun writes nothing twice; SIGKILLs lose nothing."""
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,14 @@ from indexer.embedding import make_tiny_clip
 from indexer.llamavid.tiny import make_tiny_checkpoint
 from indexer.settings import Settings
 from indexer.store import IndexReader
-from tests.mediagen import make_video, make_zero_byte, read_frame_number
+from indexer.store.info import describe_index
+from tests.mediagen import (
+    make_spliced_ts,
+    make_truncated,
+    make_video,
+    make_zero_byte,
+    read_frame_number,
+)
 from tests.streams import hls_live
 
 FPS = 25
@@ -94,3 +102,28 @@ def test_bad_inputs_fail_alone_with_the_source_named(tmp_path, settings, ray_run
         assert str(bad) in by_uri[str(bad)].error and "cannot open" in by_uri[str(bad)].error
     manifest = IndexReader(tmp_path / "index").manifest
     assert sum(s.error is not None for s in manifest.streams.values()) == 2
+
+
+def test_a_splice_and_a_file_cut_short_give_exact_rows_and_name_what_was_not_read(tmp_path, settings, ray_runtime):
+    spliced = make_spliced_ts(tmp_path / "spliced.ts", resume_pts_s=990.0)  # pts jump 984 s ahead at 6 s
+    whole = make_video(tmp_path / "whole.mp4", duration_s=12, fps=FPS, gop=FPS,
+                       extra_args=["-bf", "0", "-movflags", "+faststart"])
+    cut = make_truncated(whole, tmp_path / "cut.mp4", keep_fraction=0.5)
+    root = tmp_path / "index"
+    summary = run_ingest([f"spliced={spliced}", f"cut={cut}"], root, settings, progress=False)
+    assert not summary.failed, summary.lines()
+    index = IndexReader(root)
+    rows = index.timeline("spliced", columns=["kind", "sample_index", "pts_s", "end_s", "reason"]).to_pylist()
+    frames = sorted((r["sample_index"], r["pts_s"]) for r in rows if r["kind"] == "frame")
+    assert frames == [(k, float(k)) for k in [*range(6), *range(990, 996)]]  # not ~1,000 copies of one frame
+    assert [(r["pts_s"], r["end_s"], r["reason"]) for r in rows if r["kind"] == "gap"] == [
+        (5.96, 990.0, "timestamp discontinuity of +984.040 s (forward: a new segment of the timeline)")]
+    assert index.manifest.streams["spliced"].warning is None
+
+    cut_rows = index.timeline("cut", columns=["kind", "sample_index"]).to_pylist()
+    assert sorted(r["sample_index"] for r in cut_rows) == list(range(6))  # nothing past what decodes
+    entry = index.manifest.streams["cut"]
+    assert entry.complete and entry.error is None
+    assert re.fullmatch(r"ends early: read 0\.000-5\.\d{3} s of 12\.000 s", entry.warning), entry.warning
+    assert f"    warning: {cut}: {entry.warning}" in summary.lines()       # the ingest output names the file
+    assert f"    warning: {entry.warning}" in describe_index(root)          # and so does `vidx info`

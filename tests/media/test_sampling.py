@@ -54,11 +54,36 @@ def test_clock_unwraps_mpeg_ts_timestamps():
 
 
 def test_clock_turns_a_backward_jump_into_a_reported_discontinuity():
-    clock = MediaClock(live=False)
+    clock = MediaClock(live=False, discontinuous=True)  # an MPEG-TS file
     for i in range(10):
         clock(100 + i * 0.04)
     t, jump = clock(5.0)
     assert jump == pytest.approx(5.0 - 100.36) and t == pytest.approx(100.36 + 0.04)
+    assert clock(5.04)[0] == pytest.approx(100.44) and clock.jumps == 1
+
+
+def test_a_forward_jump_in_mpeg_ts_keeps_the_streams_time_and_is_reported():
+    clock = MediaClock(live=False, max_jump_s=60, discontinuous=True)
+    clock(5.96)
+    assert clock(990.0) == (990.0, pytest.approx(984.04))
+    assert clock(990.04) == (990.04, None)
+
+
+def test_in_an_indexed_file_time_is_the_index_and_a_frame_out_of_order_is_dropped():
+    clock = MediaClock(live=False)  # MP4, Matroska: no discontinuities
+    clock(2.76)
+    assert clock(4.76) == (4.76, None)   # a forward step is held picture, not a jump
+    assert clock(2.80) == (None, None)   # decoded out of order after damage: dropped
+    assert clock(990.0) == (990.0, None) and clock.jumps == 0
+
+
+def test_cut_ends_the_held_frame_at_its_own_end():
+    sampler = PtsSampler(1.0)
+    out = sampler.push(0.0, "a") + sampler.push(2.76, "b")
+    out += sampler.cut(2.80)            # damage after b: b stands only until its end
+    sampler.restart_at(5.0)
+    out += sampler.push(5.0, "c") + sampler.flush(6.0)
+    assert [(s.index, s.item) for s in out] == [(0, "a"), (1, "a"), (2, "a"), (5, "c")]
 
 
 def test_clock_drops_replayed_frames_after_a_reconnect_and_continues_after_them():
@@ -75,7 +100,7 @@ def test_live_forward_jump_beyond_the_limit_is_a_discontinuity():
     clock = MediaClock(live=True, max_jump_s=60)
     clock(10.0)
     t, jump = clock(500.0)
-    assert jump == pytest.approx(490.0) and t == pytest.approx(10.04)
+    assert jump == pytest.approx(490.0) and t == pytest.approx(500.0)  # the grid points in the jump get no frame
 
 
 def test_a_session_clock_restarting_at_zero_continues_after_the_outage():

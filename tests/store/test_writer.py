@@ -238,3 +238,19 @@ def test_commit_if_due_commits_on_time_without_an_append(tmp_path):
     w.commit_if_due()
     assert IndexReader(tmp_path).manifest.streams["cam"].frames == 3
     w.close()
+
+
+def test_warnings_are_committed_and_a_resumed_read_adds_to_them(tmp_path):
+    w = IndexWriter(tmp_path, LAYOUT)
+    w.open_stream(info(), 1.0, "file")
+    w.append(batch(0, 4))
+    w.stream_warning("cam", ["undecodable 2.880-5.000 s skipped (35 damaged packets)"])
+    w.commit()
+    w.close()
+    w2 = IndexWriter(tmp_path, LAYOUT)
+    assert w2.open_stream(info(), 1.0, "file").warning == "undecodable 2.880-5.000 s skipped (35 damaged packets)"
+    w2.stream_warning("cam", ["undecodable 2.880-5.000 s skipped (35 damaged packets)",
+                              "ends early: read 4.000-5.320 s of 12.000 s"])
+    w2.close()
+    assert IndexReader(tmp_path).manifest.streams["cam"].warning == (
+        "undecodable 2.880-5.000 s skipped (35 damaged packets); ends early: read 4.000-5.320 s of 12.000 s")
