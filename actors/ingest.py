@@ -130,7 +130,7 @@ def _save_config(root: Path, settings: Settings) -> None:
     from indexer.store.files import write_atomic
 
     data = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False).encode()
-    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data))
+    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data), mode=0o600)  # it may hold llm.api_key
 
 
 class _StopRequest:

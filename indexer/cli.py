@@ -123,8 +123,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
         store.add(query)
         print(f"added {query.id}: {query.describe()}")
-        for hook in query.webhooks:  # shown once: the receiver needs it to check signatures
-            print(f"  webhook {hook.url} secret {hook.secret}")
+        for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
+            print(f"  webhook {hook.url} secret " + ("as given (--secret)" if args.secret else hook.secret))
         return 0
     if args.action == "list":
         queries = store.load()

@@ -7,19 +7,25 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Protocol = Literal["file", "http", "hls", "rtsp", "rtmp", "udp", "srt"]
 LIVE_PROTOCOLS = {"rtsp", "rtmp", "udp", "srt"}
+MAX_FPS = 60.0  # beyond the frame rate of almost every camera: more samples would repeat frames
+REDACTED = "***"
+# query parameters whose values are credentials (AWS/GCS signed URLs, API keys, bearer tokens, passwords)
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|sig|auth|cred|session", re.IGNORECASE)
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not the final ":" of "URL: why"
 
 
 class SourceError(Exception):
     """A source that cannot be read: the message names the source and says why."""
 
     def __init__(self, uri: str, reason: str):
-        super().__init__(f"{uri}: {reason}")
+        reason = redact_text(reason)  # FFmpeg's messages may quote the URL with its password
+        super().__init__(f"{redact_uri(uri)}: {reason}")
         self.uri = uri
         self.reason = reason
 
@@ -27,9 +33,10 @@ class SourceError(Exception):
 class ReaderOptions(BaseModel):
     """How sources are opened, decoded and sampled (the `reader:` section of a config)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    fps: float = Field(1.0, gt=0, description="samples per second of media time")
+    fps: float = Field(1.0, gt=0, le=MAX_FPS, description=f"samples per second of media time (at most {MAX_FPS}; "
+                       "above the source's frame rate a warning says frames repeat)")
     keyframes_only: Literal["auto", "always", "never"] = Field(
         "auto", description="decode keyframes only; 'auto' does when every GOP is at most one sampling interval")
     short_side: int = Field(224, ge=16, description="decoded frames are scaled so their shorter side has this size")
@@ -40,7 +47,7 @@ class ReaderOptions(BaseModel):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
     give_up_after_s: float | None = Field(
-        120.0, description="a live source that stays unreachable this long ends (None: retry forever)")
+        120.0, gt=0, description="a live source that stays unreachable this long ends (None: retry forever)")
     max_discontinuity_s: float = Field(60.0, gt=0, description="a live clock jump beyond this is a discontinuity")
     max_decode_errors: int = Field(50, ge=1, description="consecutive undecodable packets before a source fails")
 
@@ -81,14 +88,48 @@ def parse_source(uri: str, stream_id: str | None = None) -> Source:
 
 def default_stream_id(uri: str) -> str:
     """A stable, filesystem-safe id: the readable tail of the URI plus a short hash of all of it."""
-    tail = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(urlsplit(uri).path).name or urlsplit(uri).netloc).strip("-.")
-    return f"{tail[:40] or 'stream'}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
+    parts = urlsplit(uri)  # the host name, never the netloc: it may hold user:password
+    tail = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(parts.path).name or parts.hostname or "").strip("-.")
+    # hashed as shown: a short hash of a password is a guessing aid, and a new password keeps the id
+    return f"{tail[:40] or 'stream'}-{hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:8]}"
 
 
 def check_stream_id(stream_id: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", stream_id):
         raise ValueError(f"stream id {stream_id!r} must be 1-100 letters, digits, '_', '.' or '-'")
     return stream_id
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` as it may be shown (API replies, logs, the CLI): its password, a bare user name (often
+    a token) and the values of secret-looking query parameters replaced by ***.
+
+    The stored URI keeps them (reconnects need them); a local path comes back unchanged.
+        rtsp://admin:pw@cam/live?token=abc&ch=1 -> rtsp://admin:***@cam/live?token=***&ch=1"""
+    parts = urlsplit(uri)
+    if len(parts.scheme) < 2 or not parts.netloc and not parts.query:  # a path (or a Windows drive letter)
+        return uri
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=redact_query(parts.query)))
+
+
+def redact_query(query: str) -> str:
+    """A URL's query string (`a=1&token=T`) with the values of secret-looking parameters replaced by ***."""
+    return "&".join(_redact_parameter(p) for p in query.split("&")) if query else query
+
+
+def _redact_parameter(parameter: str) -> str:
+    name, equals, _ = parameter.partition("=")
+    return f"{name}={REDACTED}" if equals and SECRET_PARAMETER.search(unquote(name)) else parameter
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, a log line) with every URL in it passed through `redact_uri`."""
+    return URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
 
 
 def open_arguments(source: Source, options: ReaderOptions) -> tuple[str, dict[str, str]]:
@@ -114,5 +155,5 @@ def open_arguments(source: Source, options: ReaderOptions) -> tuple[str, dict[st
     return uri, av_options
 
 
-__all__ = ["LIVE_PROTOCOLS", "ReaderOptions", "Source", "SourceError", "check_stream_id", "default_stream_id",
-           "open_arguments", "parse_source"]
+__all__ = ["LIVE_PROTOCOLS", "MAX_FPS", "REDACTED", "ReaderOptions", "Source", "SourceError", "check_stream_id",
+           "default_stream_id", "open_arguments", "parse_source", "redact_query", "redact_text", "redact_uri"]

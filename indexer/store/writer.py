@@ -26,9 +26,11 @@ import numpy as np
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap, SourceInfo
+from indexer.media.source import redact_uri
 from indexer.settings import SearchSettings
 from indexer.store import ann
 from indexer.store import vectors as vec
+from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
 from indexer.store.files import TMP_SUFFIX, write_atomic_json
 from indexer.store.manifest import (
@@ -87,21 +89,23 @@ class IndexWriter:
     def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> StreamEntry:
         """Register (or find) a stream; the entry says where to resume."""
         entry = self.manifest.streams.get(info.stream_id)
+        shown = redact_uri(info.uri)  # the manifest is shown; the secrets go to a 0600 file (credentials.py)
         if entry is None:
-            entry = StreamEntry(stream_id=info.stream_id, uri=info.uri, protocol=protocol, live=info.live, fps=fps,
+            entry = StreamEntry(stream_id=info.stream_id, uri=shown, protocol=protocol, live=info.live, fps=fps,
                                 duration_s=info.duration_s)
             self.manifest.streams[info.stream_id] = entry
             self._expected[info.stream_id] = 0
             self._last_gap[info.stream_id] = None
         else:
-            if entry.uri != info.uri:
-                raise ValueError(f"stream id {info.stream_id!r} already holds {entry.uri}, not {info.uri}; "
+            if entry.uri != shown:
+                raise ValueError(f"stream id {info.stream_id!r} already holds {entry.uri}, not {shown}; "
                                  "name the new source differently (NAME=URI)")
             if abs(entry.fps - fps) > 1e-9:
-                raise ValueError(f"stream {info.stream_id!r} ({info.uri}) was indexed at {entry.fps} fps; "
+                raise ValueError(f"stream {info.stream_id!r} ({shown}) was indexed at {entry.fps} fps; "
                                  f"resume it with --fps {entry.fps} or index it into a new root")
             entry.duration_s = info.duration_s or entry.duration_s
             entry.error = None
+        save_source_uri(self.root, info.stream_id, info.uri)
         self._dirty.add(info.stream_id)
         return entry.model_copy()
 
