@@ -3,10 +3,14 @@ see is listed here; a commit is the atomic replacement of this file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from indexer.store.files import write_atomic_json
+from indexer.store.integrity import FileChecksum, IndexDamaged
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -118,6 +122,7 @@ class Manifest(BaseModel):
     streams: dict[str, StreamEntry] = Field(default_factory=dict)
     vectors: list[VectorShard] = Field(default_factory=list)   # exact shards: frames `approximate` lacks
     approximate: ApproximateIndex | None = None
+    checksums: dict[str, FileChecksum] = Field(default_factory=dict)  # every file of files(), written at commit
 
     def files(self) -> set[str]:
         """Every data file the manifest refers to (relative paths)."""
@@ -132,18 +137,37 @@ class Manifest(BaseModel):
 
 
 def read_manifest(root: Path) -> Manifest | None:
-    """The last committed manifest, or None for a new (empty) root."""
+    """The last committed manifest, or None for a new (empty) root. A manifest that is not the one a
+    commit wrote (unparsable, or its own checksum differs) raises IndexDamaged."""
     path = root / MANIFEST
-    if not path.exists():
-        return None
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError) as exc:
-        raise ValueError(f"{path}: not a readable llamavid-indexer manifest: {exc}") from exc
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IndexDamaged(root, MANIFEST, f"not readable JSON: {exc}") from None
+    written = value.pop("checksum", None) if isinstance(value, dict) else None
+    if written is not None and written != _manifest_checksum(value):
+        raise IndexDamaged(root, MANIFEST, "its checksum differs from the one written at its commit")
+    try:
+        manifest = Manifest.model_validate(value)
+    except ValidationError as exc:
+        raise IndexDamaged(root, MANIFEST, f"not an llamavid-indexer manifest: {exc.errors()[0]['msg']} at "
+                                           f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {manifest.format_version}, this version reads {FORMAT_VERSION}")
     return manifest
 
 
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Commit: replace manifest.json atomically, with a checksum of its own content."""
+    value = manifest.model_dump(mode="json")
+    write_atomic_json(root / MANIFEST, {**value, "checksum": _manifest_checksum(value)})
+
+
+def _manifest_checksum(value: dict) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 __all__ = ["FORMAT_VERSION", "MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
-           "read_manifest"]
+           "read_manifest", "write_manifest"]

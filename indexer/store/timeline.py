@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap
 from indexer.store.files import write_atomic
+from indexer.store.integrity import IndexDamaged
 
 
 def timeline_schema(content_shape: tuple[int, int], embedding_dim: int) -> pa.Schema:
@@ -87,7 +88,20 @@ def timeline_table(schema: pa.Schema, source_uri: str, frames: EncodedBatch, fra
 
 
 def write_timeline(path: Path, table: pa.Table) -> int:
-    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    # page checksums: damage inside a page is an error when it is read, not a broken thumbnail
+    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd", write_page_checksum=True))
 
 
-__all__ = ["timeline_schema", "timeline_table", "write_timeline"]
+def read_timeline(root: Path, name: str, columns: list[str] | None = None, filters=None,
+                  schema: pa.Schema | None = None) -> pa.Table:
+    """One committed timeline file, its page checksums verified; damage raises IndexDamaged naming it."""
+    try:
+        return pq.read_table(root / name, columns=columns, filters=filters, schema=schema,
+                             page_checksum_verification=True)
+    except FileNotFoundError:
+        raise IndexDamaged(root, name, "missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise IndexDamaged(root, name, f"unreadable Parquet: {exc}") from None
+
+
+__all__ = ["read_timeline", "timeline_schema", "timeline_table", "write_timeline"]

@@ -32,7 +32,8 @@ from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
-from indexer.store.files import TMP_SUFFIX, write_atomic_json
+from indexer.store.files import TMP_SUFFIX
+from indexer.store.integrity import checksum_file, damaged_files
 from indexer.store.manifest import (
     MANIFEST,
     ApproximateIndex,
@@ -42,6 +43,7 @@ from indexer.store.manifest import (
     StreamEntry,
     VectorShard,
     read_manifest,
+    write_manifest,
 )
 from indexer.store.timeline import timeline_schema, timeline_table, write_timeline
 
@@ -67,9 +69,11 @@ class IndexWriter:
         manifest = read_manifest(self.root)
         if manifest is None:
             manifest = Manifest(layout=layout)
-            write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))  # generation 0: empty
+            write_manifest(self.root, manifest)  # generation 0: empty
         else:
             check_layout(self.root, manifest.layout, layout)
+            for damage in damaged_files(self.root, manifest):  # never append to a damaged index
+                raise damage
         self.manifest = manifest
         self.layout = manifest.layout
         self.format = feature_format(self.layout.feature_format)
@@ -180,7 +184,9 @@ class IndexWriter:
         if self._needs_approximate(manifest):
             obsolete += self._index_tail(generation, manifest)
         manifest.generation = generation
-        write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
+        manifest.checksums = {name: manifest.checksums.get(name) or checksum_file(self.root / name)
+                              for name in sorted(manifest.files())}
+        write_manifest(self.root, manifest)
         self.manifest = manifest
         for name in obsolete:
             (self.root / name).unlink(missing_ok=True)
