@@ -25,6 +25,7 @@ from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
 from indexer.media.source import check_stream_id, parse_source
 from indexer.settings import Settings
+from indexer.store.repair import check_index
 
 logger = logging.getLogger(__name__)
 RESOLVED_CONFIG = "ingest-config.yaml"
@@ -62,6 +63,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
+    for damage in check_index(root):  # before Ray: never append to a damaged index
+        raise damage
     config = _absolute_paths(settings).model_dump(mode="json")
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

@@ -12,16 +12,32 @@ logger = logging.getLogger("indexer")
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from indexer.store.info import describe_index, is_index_root
+    from indexer.store.repair import check_index
 
     if is_index_root(args.model):
+        damage = check_index(args.model, full=args.verify)
         print("\n".join(describe_index(args.model)))
-        return 0
+        for exc in damage:
+            print(f"DAMAGED {exc.file}: {exc.reason}")
+        if damage:
+            print(f"{len(damage)} damaged files: `vidx repair {args.model}` rolls the index back to its last intact "
+                  "state, then ingest the sources again", file=sys.stderr)
+        elif args.verify:
+            print("verified: every file matches the checksums written at its commit")
+        return 1 if damage else 0
     from indexer.llamavid.info import describe
 
     info = describe(args.model, vision_tower=args.vision_tower, image_processor=args.image_processor,
                     qformer=args.qformer)
     print("\n".join(info.lines()))
     return 1 if info.missing else 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from indexer.store.repair import repair_index
+
+    print("\n".join(repair_index(args.index)))
+    return 0
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
@@ -252,7 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--vision-tower", help="eva_vit_g.pth to use instead of the one config.json names")
     info.add_argument("--image-processor", help="processor folder to use instead of the one config.json names")
     info.add_argument("--qformer", help="bert-base-uncased folder (config.json, vocab.txt)")
+    info.add_argument("--verify", action="store_true",
+                      help="index root: check every byte of every file against its commit's checksum (without it: "
+                           "sizes and file ends); exit 1 on damage")
     info.set_defaults(func=_cmd_info)
+
+    repair = sub.add_parser("repair", help="roll a damaged index root back to its last intact state (vidx info "
+                                           "reports damage); the next ingest reads the dropped frames again")
+    repair.add_argument("index", help="index root written by vidx ingest")
+    repair.set_defaults(func=_cmd_repair)
 
     tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, and a tiny CLIP "
                                        "(for tests)")
@@ -317,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from indexer.store.integrity import IndexDamaged
+
     try:
         return args.func(args)
+    except IndexDamaged as exc:  # not bad input: the index is damaged (exit 1, like vidx info)
+        print(f"vidx {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
         print(f"vidx {args.command}: error: {message}", file=sys.stderr)

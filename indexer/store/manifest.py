@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from indexer.store.files import write_atomic_json
+from indexer.store.files import TMP_SUFFIX, write_atomic_json
 from indexer.store.integrity import FileChecksum, IndexDamaged
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PREVIOUS_MANIFEST = "manifest.prev.json"   # the commit before, kept for `vidx repair`
 
 
 class Layout(BaseModel):
@@ -136,23 +138,23 @@ class Manifest(BaseModel):
         return names
 
 
-def read_manifest(root: Path) -> Manifest | None:
+def read_manifest(root: Path, name: str = MANIFEST) -> Manifest | None:
     """The last committed manifest, or None for a new (empty) root. A manifest that is not the one a
     commit wrote (unparsable, or its own checksum differs) raises IndexDamaged."""
-    path = root / MANIFEST
+    path = root / name
     try:
         value = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise IndexDamaged(root, MANIFEST, f"not readable JSON: {exc}") from None
+        raise IndexDamaged(root, name, f"not readable JSON: {exc}") from None
     written = value.pop("checksum", None) if isinstance(value, dict) else None
     if written is not None and written != _manifest_checksum(value):
-        raise IndexDamaged(root, MANIFEST, "its checksum differs from the one written at its commit")
+        raise IndexDamaged(root, name, "its checksum differs from the one written at its commit")
     try:
         manifest = Manifest.model_validate(value)
     except ValidationError as exc:
-        raise IndexDamaged(root, MANIFEST, f"not an llamavid-indexer manifest: {exc.errors()[0]['msg']} at "
+        raise IndexDamaged(root, name, f"not an llamavid-indexer manifest: {exc.errors()[0]['msg']} at "
                                            f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {manifest.format_version}, this version reads {FORMAT_VERSION}")
@@ -160,8 +162,14 @@ def read_manifest(root: Path) -> Manifest | None:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Commit: replace manifest.json atomically, with a checksum of its own content."""
+    """Commit: replace manifest.json atomically, with a checksum of its own content. The one it
+    replaces stays as manifest.prev.json (a hard link: no copy), for `vidx repair`."""
     value = manifest.model_dump(mode="json")
+    if (root / MANIFEST).exists():
+        link = root / (PREVIOUS_MANIFEST + TMP_SUFFIX)
+        link.unlink(missing_ok=True)
+        os.link(root / MANIFEST, link)
+        os.replace(link, root / PREVIOUS_MANIFEST)
     write_atomic_json(root / MANIFEST, {**value, "checksum": _manifest_checksum(value)})
 
 
@@ -169,5 +177,5 @@ def _manifest_checksum(value: dict) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
+__all__ = ["FORMAT_VERSION", "MANIFEST", "PREVIOUS_MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Manifest", "Segment", "StreamEntry", "VectorShard",
            "read_manifest", "write_manifest"]

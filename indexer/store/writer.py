@@ -66,14 +66,18 @@ class IndexWriter:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.root)
-        manifest = read_manifest(self.root)
-        if manifest is None:
-            manifest = Manifest(layout=layout)
-            write_manifest(self.root, manifest)  # generation 0: empty
-        else:
-            check_layout(self.root, manifest.layout, layout)
-            for damage in damaged_files(self.root, manifest):  # never append to a damaged index
-                raise damage
+        try:
+            manifest = read_manifest(self.root)
+            if manifest is None:
+                manifest = Manifest(layout=layout)
+                write_manifest(self.root, manifest)  # generation 0: empty
+            else:
+                check_layout(self.root, manifest.layout, layout)
+                for damage in damaged_files(self.root, manifest):  # never append to a damaged index
+                    raise damage
+        except BaseException:
+            os.close(self._lock)  # releases the lock: a refused writer leaves the root free
+            raise
         self.manifest = manifest
         self.layout = manifest.layout
         self.format = feature_format(self.layout.feature_format)
