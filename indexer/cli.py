@@ -121,6 +121,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from indexer.media.source import redact_uri
     from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
 
     root = Path(args.index).expanduser()
@@ -140,7 +141,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         store.add(query)
         print(f"added {query.id}: {query.describe()}")
         for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
-            print(f"  webhook {hook.url} secret " + ("as given (--secret)" if args.secret else hook.secret))
+            print(f"  webhook {redact_uri(hook.url)} secret " + ("as given (--secret)" if args.secret else hook.secret))
         return 0
     if args.action == "list":
         queries = store.load()

@@ -22,7 +22,7 @@ from indexer.store import vectors as vec
 from indexer.store.features import feature_format, load_arrays
 from indexer.store.integrity import IndexDamaged, check_file, read_verified
 from indexer.store.manifest import Manifest, Segment, read_manifest
-from indexer.store.timeline import read_timeline, timeline_schema
+from indexer.store.timeline import read_timeline, read_timelines, timeline_schema
 
 
 class IndexReader:
@@ -47,7 +47,7 @@ class IndexReader:
         files = [seg.timeline for s in streams for seg in s.segments]
         if not files:
             return self.schema.empty_table().select(columns) if columns else self.schema.empty_table()
-        return pa.concat_tables([read_timeline(self.root, self._open(f), columns, schema=self.schema) for f in files])
+        return read_timelines(self.root, [self._open(f) for f in files], self.schema, columns)
 
     def features(self, frame_ids) -> np.ndarray:
         """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files."""

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap
 from indexer.store.files import write_atomic
 from indexer.store.integrity import IndexDamaged
+
+VERIFIED_PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
 def timeline_schema(content_shape: tuple[int, int], embedding_dim: int) -> pa.Schema:
@@ -92,6 +96,17 @@ def write_timeline(path: Path, table: pa.Table) -> int:
     return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd", write_page_checksum=True))
 
 
+def read_timelines(root: Path, names: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Committed timeline files read as one table (a parallel scan), page checksums verified; damage
+    raises IndexDamaged naming the file."""
+    try:
+        return ds.dataset([str(root / n) for n in names], schema=schema, format=VERIFIED_PARQUET).to_table(columns=columns)
+    except (OSError, pa.ArrowException):
+        for name in names:  # which one: each alone
+            read_timeline(root, name, columns, schema=schema)
+        raise
+
+
 def read_timeline(root: Path, name: str, columns: list[str] | None = None, filters=None,
                   schema: pa.Schema | None = None) -> pa.Table:
     """One committed timeline file, its page checksums verified; damage raises IndexDamaged naming it."""
@@ -104,4 +119,4 @@ def read_timeline(root: Path, name: str, columns: list[str] | None = None, filte
         raise IndexDamaged(root, name, f"unreadable Parquet: {exc}") from None
 
 
-__all__ = ["read_timeline", "timeline_schema", "timeline_table", "write_timeline"]
+__all__ = ["read_timeline", "read_timelines", "timeline_schema", "timeline_table", "write_timeline"]

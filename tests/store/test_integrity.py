@@ -213,3 +213,23 @@ def test_a_damaged_manifest_fails_vidx_info_with_exit_1(tmp_path, capsys):
     (tmp_path / MANIFEST).write_bytes(b"\xff" * 100)
     assert main(["info", str(tmp_path)]) == 1
     assert MANIFEST in capsys.readouterr().err
+
+
+def test_random_bytes_inside_a_large_timeline_file_are_caught_by_the_page_checksums(tmp_path):
+    """Past the cheap check's 64 KiB ends: the Parquet page checksums find it on the read."""
+    w = IndexWriter(tmp_path, LAYOUT)
+    w.open_stream(info(), 1.0, "file")
+    b = batch(0, 4)
+    b.thumbnails = [np.random.default_rng(i).bytes(100_000) for i in range(4)]  # incompressible: a 400 KB file
+    w.append(b)
+    w.close()
+    name = read_manifest(tmp_path).streams["cam"].segments[0].timeline
+    path = tmp_path / name
+    size = path.stat().st_size
+    assert size > 300_000
+    overwrite(path, size // 2, np.random.default_rng(9).bytes(16))
+    assert check_index(tmp_path) == []  # the cheap check cannot see it ...
+    with pytest.raises(IndexDamaged, match=name):  # ... the page checksums can, in a scan of many files
+        IndexReader(tmp_path).timeline()
+    with pytest.raises(IndexDamaged, match=name):
+        IndexReader(tmp_path).timeline(columns=["thumbnail"])
