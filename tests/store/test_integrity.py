@@ -233,3 +233,28 @@ def test_random_bytes_inside_a_large_timeline_file_are_caught_by_the_page_checks
         IndexReader(tmp_path).timeline()
     with pytest.raises(IndexDamaged, match=name):
         IndexReader(tmp_path).timeline(columns=["thumbnail"])
+
+
+def test_damage_in_the_approximate_index_is_named_and_repair_rebuilds_it(tmp_path):
+    from indexer.query.search import FrameSearch, SearchFilter
+    from indexer.settings import SearchSettings
+    from tests.store.test_ann import DIM, grow
+
+    search = SearchSettings(exact_max_vectors=1000)
+    grow(tmp_path, 1200, seed=0, search=search)  # an IVF index and an embedding chunk over 1200 frames
+    approximate = read_manifest(tmp_path).approximate
+    assert approximate is not None and approximate.frames == 1200
+    chunk = approximate.embeddings[0].file
+    overwrite(tmp_path / chunk, 128 + 600 * DIM * 2, b"\xff" * 64)  # frame 600's float16 embedding
+    assert check_index(tmp_path) == []  # in the middle: the cheap check cannot see it ...
+    reader = IndexReader(tmp_path)
+    with pytest.raises(IndexDamaged, match=chunk):  # ... rescoring every candidate meets frame 600
+        FrameSearch(reader, search).search(np.ones(DIM, np.float32), 5, SearchFilter(None, 590.0, 610.0))
+    overwrite(tmp_path / approximate.file, (tmp_path / approximate.file).stat().st_size // 2, b"\x00" * 32)
+    with pytest.raises(IndexDamaged, match=approximate.file):
+        IndexReader(tmp_path).approximate()
+    lines = repair_index(tmp_path)
+    assert any("rebuilt from the timeline (1200 frames)" in line for line in lines)
+    reader = IndexReader(tmp_path)
+    assert reader.manifest.approximate is None and reader.vectors().ntotal == 1200
+    assert check_index(tmp_path, full=True) == []
