@@ -69,7 +69,7 @@ class IndexReader:
                 raise IndexDamaged(self.root, segment.features[0], f"unreadable .npy: {exc}") from None
             out[at] = fmt.decode([a[rows] for a in arrays])
             if not np.isfinite(out[at]).all():  # 0xFF bytes are NaN in float16: never an answer from them
-                raise IndexDamaged(self.root, segment.features[0], "non-finite patch features")
+                raise IndexDamaged(self.root, segment.features[-1], "non-finite patch features")  # int4: its scales
         return out
 
     def frame_row(self, frame_id: int, columns: list[str]) -> dict:

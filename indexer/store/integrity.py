@@ -113,4 +113,5 @@ def _ends(f, size: int) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["FileChecksum", "IndexDamaged", "check_file", "checksum_file", "damaged_files", "read_verified", "verify_file"]
+__all__ = ["FileChecksum", "IndexDamaged", "check_file", "checksum_file", "damaged_files", "read_verified",
+           "verify_file"]

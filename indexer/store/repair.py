@@ -67,7 +67,9 @@ def _repair(root: Path) -> list[str]:
             dropped_frames += dropped
             done.append(f"stream {entry.stream_id}: dropped {dropped} frames from the damaged or later segments; "
                         f"the next ingest reads it again from sample {entry.next_index}")
-    vector_files = {s.file for s in manifest.vectors} | (manifest.approximate.files() if manifest.approximate else set())
+    vector_files = {s.file for s in manifest.vectors}
+    if manifest.approximate is not None:
+        vector_files |= manifest.approximate.files()
     if dropped_frames or vector_files & damaged.keys():
         shard = _rebuild_vectors(root, manifest, manifest.generation + 1)
         done.append(f"vectors: rebuilt from the timeline ({shard.vectors} frames)")
@@ -135,7 +137,8 @@ def _rebuild_vectors(root: Path, manifest: Manifest, generation: int) -> VectorS
     index = vec.build_shard(np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
                             np.concatenate(ids) if ids else np.zeros(0, np.int64))
     path = f"vectors/repaired-{generation:08d}.faiss"
-    shard = VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=vec.write_shard(root / path, index))
+    size = vec.write_shard(root / path, index)
+    shard = VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
     manifest.vectors, manifest.approximate = [shard], None
     return shard
 

@@ -100,7 +100,8 @@ def read_timelines(root: Path, names: list[str], schema: pa.Schema, columns: lis
     """Committed timeline files read as one table (a parallel scan), page checksums verified; damage
     raises IndexDamaged naming the file."""
     try:
-        return ds.dataset([str(root / n) for n in names], schema=schema, format=VERIFIED_PARQUET).to_table(columns=columns)
+        dataset = ds.dataset([str(root / n) for n in names], schema=schema, format=VERIFIED_PARQUET)
+        return dataset.to_table(columns=columns)
     except (OSError, pa.ArrowException):
         for name in names:  # which one: each alone
             read_timeline(root, name, columns, schema=schema)
