@@ -3,7 +3,8 @@
 A damaged manifest is replaced by the previous commit's (`manifest.prev.json`). A stream with a
 damaged timeline or features file loses that segment and every later one: its watermark moves
 back to the last intact frame, so the next ingest of the same source reads those frames again
-(each frame ends up in the index exactly once). If frames were dropped or a vector file is
+(each frame ends up in the index exactly once; a live source cannot give its past again, so
+its dropped frames stay missing). If frames were dropped or a vector file is
 damaged, the exact vector shards are rebuilt from the intact timelines' float32 embeddings and
 the approximate index is dropped; the next ingest's first commit builds it again when needed.
 Frame ids of dropped frames are not reused.
