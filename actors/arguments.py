@@ -38,11 +38,16 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """--config, with --fps over reader.fps."""
-    from indexer.settings import load_settings
+    from pydantic import ValidationError
+
+    from indexer.settings import load_settings, settings_error
 
     settings = load_settings(args.config)
     if args.fps is not None:
-        settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+        try:
+            settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})
+        except ValidationError as exc:
+            raise ValueError(f"--fps {args.fps:g}: {settings_error(exc, 'reader')}") from None
     return settings
 
 

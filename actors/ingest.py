@@ -34,6 +34,7 @@ from indexer.media.source import Source, check_stream_id, parse_source
 from indexer.preflight import IngestPlan, check_models, plan_ingest
 from indexer.settings import Settings
 from indexer.store.manifest import read_manifest
+from indexer.store.repair import check_index
 
 if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
     from actors.reader import StreamSummary
@@ -91,6 +92,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
+    for damage in check_index(root):  # before Ray: never append to a damaged index
+        raise damage
     plan = plan_ingest(parsed, root, settings.reader.fps)  # before Ray: a locked root, another fps, nothing to do
     if plan.nothing_to_do:
         from actors.reader import StreamSummary
@@ -203,7 +206,7 @@ def _save_config(root: Path, settings: Settings) -> None:
     from indexer.store.files import write_atomic
 
     data = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False).encode()
-    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data))
+    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data), mode=0o600)  # it may hold llm.api_key
 
 
 class _StopRequest:

@@ -27,7 +27,7 @@ from actors.feed import FedSource, Feed
 from indexer.batches import FrameBatch
 from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
 from indexer.media.ring import SegmentRing
-from indexer.media.source import Source, SourceError
+from indexer.media.source import Source, SourceError, redact_uri
 from indexer.monitor.monitor import ring_dir
 from indexer.settings import Settings
 from indexer.store.manifest import Liveness
@@ -133,7 +133,8 @@ class ReaderActor:
                 self._drain()
                 break
             except Rewind as rewind:
-                logger.warning("%s: writer lost frames; reading again from sample %d", self.source.uri, rewind.index)
+                logger.warning("%s: writer lost frames; reading again from sample %d", redact_uri(self.source.uri),
+                               rewind.index)
                 reader.close()
                 summary.warnings.extend(info.warnings)  # what the first read found stays said
                 self._inflight.clear()

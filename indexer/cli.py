@@ -12,16 +12,32 @@ logger = logging.getLogger("indexer")
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from indexer.store.info import describe_index, is_index_root
+    from indexer.store.repair import check_index
 
     if is_index_root(args.model):
+        damage = check_index(args.model, full=args.verify)
         print("\n".join(describe_index(args.model)))
-        return 0
+        for exc in damage:
+            print(f"DAMAGED {exc.file}: {exc.reason}")
+        if damage:
+            print(f"{len(damage)} damaged files: `vidx repair {args.model}` rolls the index back to its last intact "
+                  "state, then ingest the sources again", file=sys.stderr)
+        elif args.verify:
+            print("verified: every file matches the checksums written at its commit")
+        return 1 if damage else 0
     from indexer.llamavid.info import describe
 
     info = describe(args.model, vision_tower=args.vision_tower, image_processor=args.image_processor,
                     qformer=args.qformer)
     print("\n".join(info.lines()))
     return 1 if info.missing else 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from indexer.store.repair import repair_index
+
+    print("\n".join(repair_index(args.index)))
+    return 0
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
@@ -143,6 +159,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from indexer.media.source import redact_uri
     from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, Webhook, check_webhook_address
     from indexer.monitor.webhooks import delivery_states, read_deliveries
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
@@ -171,8 +188,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
         store.add(query)
         print(f"added {query.id}: {query.describe()}")
-        for hook in query.webhooks:  # shown once: the receiver needs it to check signatures
-            print(f"  webhook {hook.url} secret {hook.secret}")
+        for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
+            print(f"  webhook {redact_uri(hook.url)} secret " + ("as given (--secret)" if args.secret else hook.secret))
         return 0
     if args.action == "list":
         queries = store.load()
@@ -205,8 +222,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps([{**a.to_json(), "thumbnail": None,
-                           "webhooks": [{"url": d.url, "event": d.event, "state": d.state, "attempts": d.attempts,
-                                         "last_error": d.last_error} for d in sent(a)]} for a in alerts], indent=2))
+                           "webhooks": [{"url": redact_uri(d.url), "event": d.event, "state": d.state,
+                                         "attempts": d.attempts, "last_error": d.last_error} for d in sent(a)]} for a in alerts], indent=2))
     else:
         print("\n".join(alert_line(a) + (f" | webhooks: {delivery_states(sent(a))}" if sent(a) else "")
                         for a in alerts) or f"no alerts in {root}")
@@ -215,10 +232,11 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _webhook_text(url: str, deliveries: list) -> str:
     """A webhook as `vidx watch list` shows it: its URL and how its deliveries went."""
+    from indexer.media.source import redact_uri
     from indexer.monitor.webhooks import delivery_states
 
     summary = delivery_states(deliveries)
-    return f"{url} [{summary}]" if summary else url
+    return f"{redact_uri(url)} [{summary}]" if summary else redact_uri(url)
 
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
@@ -322,7 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--vision-tower", help="eva_vit_g.pth to use instead of the one config.json names")
     info.add_argument("--image-processor", help="processor folder to use instead of the one config.json names")
     info.add_argument("--qformer", help="bert-base-uncased folder (config.json, vocab.txt)")
+    info.add_argument("--verify", action="store_true",
+                      help="index root: check every byte of every file against its commit's checksum (without it: "
+                           "sizes and file ends); exit 1 on damage")
     info.set_defaults(func=_cmd_info)
+
+    repair = sub.add_parser("repair", help="roll a damaged index root back to its last intact state (vidx info "
+                                           "reports damage); the next ingest reads the dropped frames again")
+    repair.add_argument("index", help="index root written by vidx ingest")
+    repair.set_defaults(func=_cmd_repair)
 
     tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, and a tiny CLIP "
                                        "(for tests)")

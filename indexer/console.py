@@ -64,7 +64,8 @@ def error_line(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc.strerror}" + (f": {filename}" if filename else "")
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or type(exc).__name__
-    return message if isinstance(exc, _user_errors() + (RemoteError,)) else f"{type(exc).__name__}: {message}"
+    return message if isinstance(exc, _user_errors() + _named_errors() + (RemoteError,)) \
+        else f"{type(exc).__name__}: {message}"
 
 
 def run_command(name: str, run: Callable[[], int], verbose: bool = False) -> int:
@@ -106,6 +107,13 @@ def _unwrap_ray(exc: BaseException) -> BaseException:
                 return builtin(message)
             return RemoteError(f"{kind}: {message}")
     return exc
+
+
+def _named_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says all (no class name needed) but that are not bad input (exit 1):
+    a damaged index names its file and the remedy. Looked up only if loaded, as below."""
+    integrity = sys.modules.get("indexer.store.integrity")
+    return (integrity.IndexDamaged,) if integrity else ()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

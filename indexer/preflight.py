@@ -120,6 +120,7 @@ class IngestPlan:
 def plan_ingest(sources: list[Source], root: Path, fps: float) -> IngestPlan:
     """Fails on a root that another process writes, or a source that the index holds at another
     fps or under another URI (the writer checks the same again)."""
+    from indexer.media.source import redact_uri
     from indexer.store.manifest import read_manifest
 
     manifest = read_manifest(root)
@@ -128,7 +129,7 @@ def plan_ingest(sources: list[Source], root: Path, fps: float) -> IngestPlan:
     for source in sources:
         entry = streams.get(source.stream_id)
         if entry is not None:
-            entry.check_resume(source.uri, fps)
+            entry.check_resume(redact_uri(source.uri), fps)  # the manifest keeps URIs without secrets
         if entry is not None and entry.complete and not entry.live:
             plan.complete.append(entry)
         else:

@@ -13,11 +13,14 @@ from indexer.media.source import ReaderOptions
 if TYPE_CHECKING:  # torch is imported where a dtype is needed: the ingest driver and `vidx ask` errors do without it
     import torch
 
+# unknown keys are typos; inf and nan pass every bound (inf > 0) and fail later, deep inside Ray
+SETTINGS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class ModelSettings(BaseModel):
     """Which LLaMA-VID to load and where: the arguments of `LlamaVid.from_pretrained`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     model_dir: str
     vision_tower: str | None = None
@@ -36,7 +39,7 @@ class ModelSettings(BaseModel):
 class EmbeddingSettings(BaseModel):
     """The retrieval embedding: a CLIP-family image-text model (hub id or local folder)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     model: str = "openai/clip-vit-large-patch14"
 
@@ -44,7 +47,7 @@ class EmbeddingSettings(BaseModel):
 class EncoderSettings(BaseModel):
     """The encoder pool: Ray actors that batch frames across streams."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     actors: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (fractions share a GPU)")
@@ -56,7 +59,7 @@ class EncoderSettings(BaseModel):
 class IndexSettings(BaseModel):
     """What the index root stores and how often it commits."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     feature_format: Literal["float16", "int4", "none"] = "float16"
     commit_interval_s: float = Field(5.0, gt=0)
@@ -67,7 +70,7 @@ class IndexSettings(BaseModel):
 class IngestSettings(BaseModel):
     """Per-reader flow control."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     batch_frames: int = Field(8, ge=1, description="frames per batch from an archived source (live: 1)")
     max_inflight_batches: int = Field(4, ge=1, description="batches a reader may have in the encoders and writer")
@@ -79,7 +82,7 @@ class SearchSettings(BaseModel):
     """FAISS search over the retrieval embeddings: exact while small, approximate when large.
     Defaults measured at 1M x 512 on 2 CPU threads (docs/benchmarks.md, bench/query_bench.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     # exact search reads every vector: 0.57 / 1.13 ms for 10k / 20k 512-d vectors on one idle core,
     # many times more when OpenMP threads compete for busy cores; 10k keeps the exact part (the whole
@@ -98,7 +101,7 @@ class SearchSettings(BaseModel):
 class QuerySettings(BaseModel):
     """From a question to the frames the LLM sees."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     k: int = Field(32, ge=1, description="frames retrieved per question")
     max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
@@ -115,7 +118,7 @@ class QuerySettings(BaseModel):
 class LLMSettings(BaseModel):
     """Which backend runs the language model on the assembled input embeddings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     backend: Literal["transformers", "vllm", "vllm-server"] = "transformers"
     model: str | None = Field(None, description="vllm: the folder `vidx export-llm` wrote")
@@ -129,7 +132,7 @@ class LLMSettings(BaseModel):
 class WebhookSettings(BaseModel):
     """How alerts are POSTed to the standing queries' webhooks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     timeout_s: float = Field(5.0, gt=0, description="per request")
     max_attempts: int = Field(8, ge=1, description="then the delivery is dead-lettered")
@@ -143,7 +146,7 @@ class WebhookSettings(BaseModel):
 class MonitorSettings(BaseModel):
     """Standing queries over newly committed frames (vidx monitor)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     evaluator: str = Field("model", description="'model' (retrieval prefilter + LLaMA-VID verification) or "
                            "'package.module:factory' returning a ConditionEvaluator")
@@ -169,7 +172,7 @@ class MonitorSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SETTINGS_CONFIG
 
     model: ModelSettings
     embedding: EmbeddingSettings = EmbeddingSettings()
@@ -195,10 +198,22 @@ def load_settings(path: str | Path) -> Settings:
         raise ValueError(f"cannot read settings {path}: {exc}") from exc
     try:
         return Settings.model_validate(raw)
-    except ValidationError as exc:  # one line: each field by its dotted name, what is wrong, what was given
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from exc
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {settings_error(exc)}") from None
+
+
+def settings_error(exc: ValidationError, prefix: str = "") -> str:
+    """A validation error in one line naming each bad field: 'reader.fps: Input should be less than
+    or equal to 60 (got 1000000.0)'. `prefix` is the dotted path of the model validated."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in (*prefix.split(".")[:bool(prefix)], *error["loc"])) or "settings"
+        value = error.get("input")
+        shown = f" (got {value!r})" if isinstance(value, (int, float, str)) and len(repr(value)) < 60 else ""
+        parts.append(f"{field}: {error['msg']}{shown}")
+    return "; ".join(parts)
 
 
 __all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
-           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings"]
+           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings",
+           "settings_error"]

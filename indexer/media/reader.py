@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from indexer.media.sampling import MediaClock, PtsSampler, Sample, grid_time
-from indexer.media.source import ReaderOptions, Source, SourceError, open_arguments
+from indexer.media.source import ReaderOptions, Source, SourceError, open_arguments, redact_text, redact_uri
 from indexer.media.subtitles import SubtitleTrack
 
 if TYPE_CHECKING:  # ring.py needs indexer.store, whose package imports this module
@@ -134,6 +134,10 @@ class SourceReader:
                                float(rate) if rate else None, keyframes_only,
                                subtitles=any(s.codec_context is not None and s.type == "subtitle"
                                              for s in container.streams.subtitles))
+        if rate and self.options.fps > float(rate) * 1.01:
+            logger.warning("%s: sampling at %g fps, above the source's %.3g fps: samples repeat frames "
+                           "(set --fps at most %.3g)", redact_uri(self.source.uri), self.options.fps, float(rate),
+                           float(rate))
         return self.info
 
     def _open_container(self) -> av.container.InputContainer:
@@ -268,7 +272,7 @@ class SourceReader:
                 down_since, down_cause = now, down_reason
             if options.give_up_after_s is not None and now - down_since > options.give_up_after_s:
                 break
-            logger.warning("%s: %s; reconnecting in %.1f s", self.source.uri, down_reason, backoff)
+            logger.warning("%s: %s; reconnecting in %.1f s", redact_uri(self.source.uri), redact_text(down_reason), backoff)
             if self.stop.wait(backoff):
                 break
             backoff = min(backoff * 2, options.reconnect_max_s)

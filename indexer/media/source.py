@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Protocol = Literal["file", "http", "hls", "rtsp", "rtmp", "udp", "srt"]
 LIVE_PROTOCOLS = {"rtsp", "rtmp", "udp", "srt"}
+MAX_FPS = 60.0  # beyond the frame rate of almost every camera: more samples would repeat frames
 REDACTED = "***"
 # query parameters whose values are credentials (AWS/GCS signed URLs, API keys, bearer tokens, passwords)
 SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|sig|auth|cred|session", re.IGNORECASE)
@@ -23,7 +24,8 @@ class SourceError(Exception):
     """A source that cannot be read: the message names the source and says why."""
 
     def __init__(self, uri: str, reason: str):
-        super().__init__(f"{uri}: {reason}")
+        reason = redact_text(reason)  # FFmpeg's messages may quote the URL with its password
+        super().__init__(f"{redact_uri(uri)}: {reason}")
         self.uri = uri
         self.reason = reason
 
@@ -31,9 +33,10 @@ class SourceError(Exception):
 class ReaderOptions(BaseModel):
     """How sources are opened, decoded and sampled (the `reader:` section of a config)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    fps: float = Field(1.0, gt=0, description="samples per second of media time")
+    fps: float = Field(1.0, gt=0, le=MAX_FPS, description=f"samples per second of media time (at most {MAX_FPS}; "
+                       "above the source's frame rate a warning says frames repeat)")
     keyframes_only: Literal["auto", "always", "never"] = Field(
         "auto", description="decode keyframes only; 'auto' does when every GOP is at most one sampling interval")
     short_side: int = Field(224, ge=16, description="decoded frames are scaled so their shorter side has this size")
@@ -90,8 +93,10 @@ def parse_source(uri: str, stream_id: str | None = None) -> Source:
 
 def default_stream_id(uri: str) -> str:
     """A stable, filesystem-safe id: the readable tail of the URI plus a short hash of all of it."""
-    tail = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(urlsplit(uri).path).name or urlsplit(uri).netloc).strip("-.")
-    return f"{tail[:40] or 'stream'}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
+    parts = urlsplit(uri)  # the host name, never the netloc: it may hold user:password
+    tail = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(parts.path).name or parts.hostname or "").strip("-.")
+    # hashed as shown: a short hash of a password is a guessing aid, and a new password keeps the id
+    return f"{tail[:40] or 'stream'}-{hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:8]}"
 
 
 def check_stream_id(stream_id: str) -> str:
@@ -155,5 +160,5 @@ def open_arguments(source: Source, options: ReaderOptions) -> tuple[str, dict[st
     return uri, av_options
 
 
-__all__ = ["LIVE_PROTOCOLS", "REDACTED", "ReaderOptions", "Source", "SourceError", "check_stream_id",
+__all__ = ["LIVE_PROTOCOLS", "MAX_FPS", "REDACTED", "ReaderOptions", "Source", "SourceError", "check_stream_id",
            "default_stream_id", "open_arguments", "parse_source", "redact_query", "redact_text", "redact_uri"]

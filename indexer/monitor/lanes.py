@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from indexer.monitor import conditions
 from indexer.monitor.alerts import Alert
@@ -36,6 +35,7 @@ from indexer.monitor.queries import RULES, StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, StreamCursor
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest, StreamEntry
+from indexer.store.timeline import read_timeline
 
 LANES = {"rules": RULES, "conditions": ("condition",)}
 RECENT_FRAMES = 32    # per stream, kept for verification windows and the frozen-picture rule
@@ -76,7 +76,7 @@ class Lane:
             if new:
                 if self._active(stream_id):
                     for segment in new:
-                        self._evaluate(entry, pq.read_table(self.root / segment.timeline, columns=FRAME_COLUMNS),
+                        self._evaluate(entry, read_timeline(self.root, segment.timeline, FRAME_COLUMNS),
                                        cursor)
                 else:   # nothing in this lane watches the stream: past what is committed, unread
                     cursor.next_index = max(cursor.next_index, entry.next_index)

@@ -33,6 +33,7 @@ from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, read_state, write_state
 from indexer.monitor.webhooks import WebhookSender
 from indexer.settings import Settings
+from indexer.store.credentials import source_uri
 from indexer.store.manifest import Manifest, StreamEntry, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class Monitor:
             if entry.live:
                 clip = cut_clip(out, start_s, end_s, ring_dir=ring)
             else:
-                clip = cut_clip(out, start_s, end_s, source=entry.uri)
+                clip = cut_clip(out, start_s, end_s, source=source_uri(self.root, entry))
         except (ValueError, OSError) as exc:
             logger.warning("alert %s: no clip: %s", alert.alert_id, exc)
             return

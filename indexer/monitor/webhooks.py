@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from indexer.media.source import redact_text, redact_uri
 from indexer.store.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -363,13 +364,13 @@ class WebhookSender:
             if d.state == "dead":
                 logger.warning(
                     "webhook dead letter: %s to %s (delivery %s) failed after %d attempts: %s",
-                    d.event, d.url, d.id, d.attempts, d.last_error,
+                    d.event, redact_uri(d.url), d.id, d.attempts, redact_text(d.last_error or ""),
                 )
             elif d.state == "pending":  # the first failure is shown (vidx monitor prints it), the retries logged
                 logger.log(
                     logging.WARNING if d.attempts == 1 else logging.DEBUG,
-                    "webhook %s to %s: attempt %d of %d failed (%s); retrying with backoff", d.event, d.url,
-                    d.attempts, self.max_attempts, d.last_error,
+                    "webhook %s to %s: attempt %d of %d failed (%s); retrying with backoff", d.event,
+                    redact_uri(d.url), d.attempts, self.max_attempts, redact_text(d.last_error or ""),
                 )
             if d.state != "pending":
                 self._changed.notify_all()

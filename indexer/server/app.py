@@ -467,5 +467,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         logger.error("LLM backend: %s", exc)
         return reply(503, f"the language model is not available: {exc}")
 
+    from indexer.store.integrity import IndexDamaged
+
+    @app.exception_handler(IndexDamaged)
+    async def damaged(request: Request, exc: IndexDamaged) -> JSONResponse:
+        logger.error("%s", exc)
+        return JSONResponse({"detail": f"index file {exc.file} is damaged ({exc.reason}); nothing is answered from "
+                                       "it until `vidx repair` rolls the index back", "file": exc.file},
+                            status_code=503)
+
 
 __all__ = ["EngineGate", "create_app"]

@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 
 from indexer.store.files import write_atomic
+from indexer.store.integrity import IndexDamaged
 from indexer.store.manifest import ApproximateIndex, EmbeddingChunk
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class ApproximateSearcher:
     embeddings memory-mapped."""
 
     def __init__(self, root: Path, entry: ApproximateIndex):
-        self.entry = entry
+        self.root, self.entry = root, entry
         self.index = faiss.read_index(str(root / entry.file), faiss.IO_FLAG_READ_ONLY)
         self.ivf = faiss.extract_index_ivf(self.index)
         self._maps = [map_npy(root / c.file) for c in entry.embeddings]
@@ -203,7 +204,10 @@ class ApproximateSearcher:
         chunk_of = np.searchsorted(self._starts, ids, "right") - 1
         for c in np.unique(chunk_of):
             at = np.flatnonzero(chunk_of == c)
-            out[order[at]] = self.chunks[c][ids[at] - self._starts[c]]
+            rows = self.chunks[c][ids[at] - self._starts[c]]
+            if not np.isfinite(rows).all():  # 0xFF bytes are NaN in float16: never a ranking from them
+                raise IndexDamaged(self.root, self.entry.embeddings[c].file, "non-finite embeddings")
+            out[order[at]] = rows
         return out
 
 

@@ -16,14 +16,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.features import feature_format, load_arrays
+from indexer.store.integrity import IndexDamaged, check_file, read_verified
 from indexer.store.manifest import Manifest, Segment, read_manifest
-from indexer.store.timeline import timeline_schema
+from indexer.store.timeline import read_timeline, read_timelines, timeline_schema
 
 
 class IndexReader:
@@ -38,16 +37,17 @@ class IndexReader:
         self._segments = sorted((seg for s in manifest.streams.values() for seg in s.segments if seg.frames),
                                 key=lambda seg: seg.first_frame_id)
         self._starts = [seg.first_frame_id for seg in self._segments]
+        self._checked: set[str] = set()  # files that passed the cheap check (integrity.py) in this reader
 
     def timeline(self, stream_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
         """The committed timeline rows (all streams, or one), in commit order."""
         if stream_id is not None and stream_id not in self.manifest.streams:
             raise KeyError(f"no stream {stream_id!r} in {self.root}; streams: {sorted(self.manifest.streams)}")
         streams = [self.manifest.streams[stream_id]] if stream_id else self.manifest.streams.values()
-        files = [str(self.root / seg.timeline) for s in streams for seg in s.segments]
+        files = [seg.timeline for s in streams for seg in s.segments]
         if not files:
             return self.schema.empty_table().select(columns) if columns else self.schema.empty_table()
-        return ds.dataset(files, schema=self.schema, format="parquet").to_table(columns=columns)
+        return read_timelines(self.root, [self._open(f) for f in files], self.schema, columns)
 
     def features(self, frame_ids) -> np.ndarray:
         """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files."""
@@ -63,13 +63,19 @@ class IndexReader:
                 raise ValueError(f"{self.root} keeps no patch features (feature format "
                                  f"{self.layout.feature_format!r})")
             rows = ids[at] - segment.first_frame_id
-            out[at] = fmt.decode([a[rows] for a in load_arrays([self.root / f for f in segment.features])])
+            try:
+                arrays = load_arrays([self.root / self._open(f) for f in segment.features])
+            except ValueError as exc:  # a header that is not the one written
+                raise IndexDamaged(self.root, segment.features[0], f"unreadable .npy: {exc}") from None
+            out[at] = fmt.decode([a[rows] for a in arrays])
+            if not np.isfinite(out[at]).all():  # 0xFF bytes are NaN in float16: never an answer from them
+                raise IndexDamaged(self.root, segment.features[-1], "non-finite patch features")  # int4: its scales
         return out
 
     def frame_row(self, frame_id: int, columns: list[str]) -> dict:
         """One frame's timeline row (the given columns), read from the one file that holds it."""
         segment = self._segment_of(int(frame_id))
-        table = pq.read_table(self.root / segment.timeline, columns=["frame_id", *columns],
+        table = read_timeline(self.root, self._open(segment.timeline), ["frame_id", *columns],
                               filters=[("frame_id", "==", int(frame_id))])
         return table.to_pylist()[0]
 
@@ -79,7 +85,7 @@ class IndexReader:
         index = self.shard_vectors()
         chunks = self.manifest.approximate.embeddings if self.manifest.approximate else []
         for chunk in chunks:
-            rows = ann.map_npy(self.root / chunk.file)[1]  # [frames, E] float16
+            rows = ann.map_npy(self.root / self._open(chunk.file))[1]  # [frames, E] float16
             for lo in range(0, len(rows), ann.BLOCK_ROWS):
                 block = np.asarray(rows[lo:lo + ann.BLOCK_ROWS], dtype=np.float32)
                 first = chunk.first_frame_id + lo
@@ -89,12 +95,19 @@ class IndexReader:
     def shard_vectors(self) -> faiss.Index:
         """Exact FAISS index (IDMap2 over FlatIP) of the vectors in shards: all of them while there is no
         approximate index, else the tail committed after it."""
-        return vec.read_shards([self.root / s.file for s in self.manifest.vectors], self.layout.embedding_dim)
+        shards = (vec.deserialize(read_verified(self.root, s.file, self.manifest.checksums.get(s.file)))
+                  for s in self.manifest.vectors)  # read whole anyway, so checked in full
+        return vec.merge_shards(shards, self.layout.embedding_dim)
 
     def approximate(self) -> ann.ApproximateSearcher | None:
         """The approximate index the writer built once the index grew large, or None."""
         entry = self.manifest.approximate
-        return ann.ApproximateSearcher(self.root, entry) if entry is not None else None
+        if entry is None:
+            return None
+        read_verified(self.root, entry.file, self.manifest.checksums.get(entry.file))  # in memory whole: checked whole
+        for chunk in entry.embeddings:
+            self._open(chunk.file)
+        return ann.ApproximateSearcher(self.root, entry)
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk per component."""
@@ -105,6 +118,13 @@ class IndexReader:
                 for component, size in seg.bytes.items():
                     sizes[component] += size
         return sizes
+
+    def _open(self, name: str) -> str:
+        """`name`, after the cheap check the first time this reader opens it."""
+        if name not in self._checked:
+            check_file(self.root, name, self.manifest.checksums.get(name))
+            self._checked.add(name)
+        return name
 
     def _segment_of(self, frame_id: int) -> Segment:
         i = bisect.bisect_right(self._starts, frame_id) - 1

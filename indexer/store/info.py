@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from indexer.media.source import redact_text, redact_uri
 from indexer.store.index import IndexReader
+from indexer.store.integrity import IndexDamaged
 from indexer.store.manifest import MANIFEST
 
 
@@ -25,13 +27,16 @@ def describe_index(root: str | os.PathLike) -> list[str]:
     for sid, s in sorted(m.streams.items()):
         covered = f"{s.watermark_s:.1f} s" if s.watermark_s is not None else "-"
         length = f"of {s.duration_s:.1f} s" if s.duration_s else ("live" if s.live else "")
-        state = "complete" if s.complete else ("error: " + s.error if s.error else "resumable")
-        lines.append(f"  {sid}: {s.uri} [{s.protocol}] {s.frames} frames at {s.fps:g} fps, up to {covered} "
+        state = "complete" if s.complete else ("error: " + redact_text(s.error) if s.error else "resumable")
+        lines.append(f"  {sid}: {redact_uri(s.uri)} [{s.protocol}] {s.frames} frames at {s.fps:g} fps, up to {covered} "
                      f"{length}, {s.gaps} gaps; {state}")
         if s.warning:
             lines.append(f"    warning: {s.warning}")
         if s.gaps:
-            gaps = index.timeline(sid, columns=["kind", "pts_s", "end_s", "reason"]).to_pylist()
+            try:
+                gaps = index.timeline(sid, columns=["kind", "pts_s", "end_s", "reason"]).to_pylist()
+            except IndexDamaged:  # the caller lists the damaged files
+                gaps = []
             for gap in [g for g in gaps if g["kind"] == "gap"][:10]:
                 end = f"{gap['end_s']:.1f}" if gap["end_s"] is not None else "end"
                 lines.append(f"    gap {gap['pts_s']:.1f}-{end} s: {gap['reason']}")

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap
 from indexer.store.files import write_atomic
+from indexer.store.integrity import IndexDamaged
+
+VERIFIED_PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
 def timeline_schema(content_shape: tuple[int, int], embedding_dim: int) -> pa.Schema:
@@ -87,7 +92,32 @@ def timeline_table(schema: pa.Schema, source_uri: str, frames: EncodedBatch, fra
 
 
 def write_timeline(path: Path, table: pa.Table) -> int:
-    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    # page checksums: damage inside a page is an error when it is read, not a broken thumbnail
+    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd", write_page_checksum=True))
 
 
-__all__ = ["timeline_schema", "timeline_table", "write_timeline"]
+def read_timelines(root: Path, names: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Committed timeline files read as one table (a parallel scan), page checksums verified; damage
+    raises IndexDamaged naming the file."""
+    try:
+        dataset = ds.dataset([str(root / n) for n in names], schema=schema, format=VERIFIED_PARQUET)
+        return dataset.to_table(columns=columns)
+    except (OSError, pa.ArrowException):
+        for name in names:  # which one: each alone
+            read_timeline(root, name, columns, schema=schema)
+        raise
+
+
+def read_timeline(root: Path, name: str, columns: list[str] | None = None, filters=None,
+                  schema: pa.Schema | None = None) -> pa.Table:
+    """One committed timeline file, its page checksums verified; damage raises IndexDamaged naming it."""
+    try:
+        return pq.read_table(root / name, columns=columns, filters=filters, schema=schema,
+                             page_checksum_verification=True)
+    except FileNotFoundError:
+        raise IndexDamaged(root, name, "missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise IndexDamaged(root, name, f"unreadable Parquet: {exc}") from None
+
+
+__all__ = ["read_timeline", "read_timelines", "timeline_schema", "timeline_table", "write_timeline"]

@@ -3,6 +3,7 @@ the index merges the shards; the writer folds shards together when they pile up.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
@@ -29,12 +30,20 @@ def write_shard(path: Path, index: faiss.Index) -> int:
 
 def read_shards(paths: list[Path], dim: int) -> faiss.Index:
     """One index over every shard."""
+    return merge_shards((faiss.read_index(str(path)) for path in paths), dim)
+
+
+def merge_shards(shards: Iterable[faiss.Index], dim: int) -> faiss.Index:
     merged = new_index(dim)
-    for path in paths:
-        shard = faiss.read_index(str(path))
+    for shard in shards:
         if shard.ntotal:
             merged.add_with_ids(*shard_contents(shard))
     return merged
+
+
+def deserialize(data: bytes) -> faiss.Index:
+    """A shard from the bytes write_shard wrote."""
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
 def shard_contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
@@ -44,4 +53,4 @@ def shard_contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return vectors, faiss.vector_to_array(idmap.id_map).astype(np.int64)
 
 
-__all__ = ["build_shard", "new_index", "read_shards", "shard_contents", "write_shard"]
+__all__ = ["build_shard", "deserialize", "merge_shards", "new_index", "read_shards", "shard_contents", "write_shard"]

@@ -28,11 +28,14 @@ import numpy as np
 
 from indexer.batches import EncodedBatch
 from indexer.media.reader import Gap, SourceInfo
+from indexer.media.source import redact_uri
 from indexer.settings import SearchSettings
 from indexer.store import ann
 from indexer.store import vectors as vec
+from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
-from indexer.store.files import TMP_SUFFIX, write_atomic_json
+from indexer.store.files import TMP_SUFFIX
+from indexer.store.integrity import checksum_file, damaged_files
 from indexer.store.manifest import (
     MANIFEST,
     ApproximateIndex,
@@ -43,6 +46,7 @@ from indexer.store.manifest import (
     StreamEntry,
     VectorShard,
     read_manifest,
+    write_manifest,
 )
 from indexer.store.timeline import timeline_schema, timeline_table, write_timeline
 
@@ -65,12 +69,18 @@ class IndexWriter:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = acquire_lock(self.root)
-        manifest = read_manifest(self.root)
-        if manifest is None:
-            manifest = Manifest(layout=layout)
-            write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))  # generation 0: empty
-        else:
-            check_layout(self.root, manifest.layout, layout)
+        try:
+            manifest = read_manifest(self.root)
+            if manifest is None:
+                manifest = Manifest(layout=layout)
+                write_manifest(self.root, manifest)  # generation 0: empty
+            else:
+                check_layout(self.root, manifest.layout, layout)
+                for damage in damaged_files(self.root, manifest):  # never append to a damaged index
+                    raise damage
+        except BaseException:
+            release_lock(self._lock)  # releases the lock: a refused writer leaves the root free
+            raise
         self.manifest = manifest
         self.layout = manifest.layout
         self.format = feature_format(self.layout.feature_format)
@@ -92,16 +102,18 @@ class IndexWriter:
     def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> StreamEntry:
         """Register (or find) a stream; the entry says where to resume."""
         entry = self.manifest.streams.get(info.stream_id)
+        shown = redact_uri(info.uri)  # the manifest is shown; the secrets go to a 0600 file (credentials.py)
         if entry is None:
-            entry = StreamEntry(stream_id=info.stream_id, uri=info.uri, protocol=protocol, live=info.live, fps=fps,
+            entry = StreamEntry(stream_id=info.stream_id, uri=shown, protocol=protocol, live=info.live, fps=fps,
                                 duration_s=info.duration_s)
             self.manifest.streams[info.stream_id] = entry
             self._expected[info.stream_id] = 0
             self._last_gap[info.stream_id] = None
         else:
-            entry.check_resume(info.uri, fps)
+            entry.check_resume(shown, fps)
             entry.duration_s = info.duration_s or entry.duration_s
             entry.error = None
+        save_source_uri(self.root, info.stream_id, info.uri)
         self._dirty.add(info.stream_id)
         return entry.model_copy()
 
@@ -202,7 +214,9 @@ class IndexWriter:
         if self._needs_approximate(manifest):
             obsolete += self._index_tail(generation, manifest)
         manifest.generation = generation
-        write_atomic_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
+        manifest.checksums = {name: manifest.checksums.get(name) or checksum_file(self.root / name)
+                              for name in sorted(manifest.files())}
+        write_manifest(self.root, manifest)
         self.manifest = manifest
         for name in obsolete:
             (self.root / name).unlink(missing_ok=True)

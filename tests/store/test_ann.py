@@ -79,7 +79,7 @@ def _crash_while_committing_the_build(root) -> None:
     def die(*args, **kwargs):
         os._exit(9)  # after the approximate index's files, before the manifest
 
-    writer_module.write_atomic_json = die
+    writer_module.write_manifest = die
     grow(root, 1000, seed=1)
 
 

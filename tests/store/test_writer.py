@@ -115,7 +115,7 @@ def _crash_mid_commit(root):
     def die(*args, **kwargs):
         os._exit(9)  # SIGKILL-like: no cleanup, after the data files, before the manifest
 
-    writer_module.write_atomic_json = die
+    writer_module.write_manifest = die
     w.commit()
 
 
