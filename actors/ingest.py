@@ -24,10 +24,9 @@ from actors.encoder import EncoderActor
 from actors.reader import ReaderActor, StreamSummary
 from actors.writer import WriterActor
 from indexer.media.source import check_stream_id, parse_source
-from indexer.settings import Settings
+from indexer.settings import Settings, resolve_model_paths, save_index_settings
 
 logger = logging.getLogger(__name__)
-RESOLVED_CONFIG = "ingest-config.yaml"
 
 
 @dataclass
@@ -62,7 +61,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
     root = Path(index).expanduser().resolve()
-    config = _absolute_paths(settings).model_dump(mode="json")
+    settings = resolve_model_paths(settings)  # actors on a `ray start` cluster do not run in this folder
+    config = settings.model_dump(mode="json")
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     started = time.monotonic()
@@ -72,7 +72,7 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     writer = WriterActor.remote(str(root), layout, settings.index.commit_interval_s, settings.index.max_vector_shards,
                                 settings.search)
     ray.get(writer.commit.remote())  # fails fast on a locked root or another model's index
-    _save_config(root, settings)
+    save_index_settings(root, settings)
     readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus).remote(s, config, encoders, writer, str(root))
                for s in parsed]
     runs = {reader.run.remote(): reader for reader in readers}
@@ -100,37 +100,6 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
     summary.wall_s = time.monotonic() - started
     return summary
-
-
-def _absolute_paths(settings: Settings) -> Settings:
-    """Actors on a `ray start` cluster do not run in the driver's folder: model paths that exist
-    here relative to it become absolute (hub ids and absolute paths pass unchanged). A relative
-    path found nowhere fails here, before Ray starts, rather than in every encoder actor."""
-    def fix(value: str | None) -> str | None:
-        if not value or Path(value).is_absolute():
-            return value
-        if Path(value).expanduser().exists():
-            return str(Path(value).expanduser().resolve())
-        if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
-            raise FileNotFoundError(
-                f"model path {value!r} not found (relative to {Path.cwd()}); use an absolute path or a hub id "
-                "(`ray job submit --working-dir` does not upload git-ignored folders such as out/)")
-        return value
-
-    model = settings.model.model_copy(update={name: fix(getattr(settings.model, name)) for name in
-                                              ("model_dir", "vision_tower", "image_processor", "qformer")})
-    return settings.model_copy(update={"model": model, "embedding": settings.embedding.model_copy(
-        update={"model": fix(settings.embedding.model)})})
-
-
-def _save_config(root: Path, settings: Settings) -> None:
-    """The resolved config beside the output, so a later run can see how the index was made."""
-    import yaml
-
-    from indexer.store.files import write_atomic
-
-    data = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False).encode()
-    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data))
 
 
 class _StopRequest:

@@ -172,6 +172,71 @@ class Settings(BaseModel):
     monitor: MonitorSettings = MonitorSettings()
 
 
+INDEX_SETTINGS = "ingest-config.yaml"  # in an index root: the settings it was built with, model paths absolute
+_MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "image_processor"), ("model", "qformer"),
+                ("embedding", "model"))
+
+
+def _with_model_paths(settings: Settings, fix) -> Settings:
+    updates: dict[str, dict[str, str | None]] = {}
+    for section, name in _MODEL_PATHS:
+        updates.setdefault(section, {})[name] = fix(section, name, getattr(getattr(settings, section), name))
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=values)
+                                       for section, values in updates.items()})
+
+
+def resolve_model_paths(settings: Settings, base: str | Path | None = None) -> Settings:
+    """Model paths relative to `base` (default: the working directory, as the official code reads
+    them) made absolute, so that the settings mean the same from any folder and in Ray actors
+    that run elsewhere; hub ids and absolute paths pass unchanged. A relative path found nowhere
+    fails here, before Ray starts or a model loads."""
+    base = Path(base or Path.cwd())
+
+    def fix(section: str, name: str, value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        path = base / Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+        if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
+            raise FileNotFoundError(
+                f"{section}.{name}: {value!r} not found (relative to {base}); run `vidx tiny out/tiny` for the tiny "
+                "models, or name the model by absolute path or hub id (`ray job submit --working-dir` does not "
+                "upload git-ignored folders such as out/)")
+        return value
+
+    return _with_model_paths(settings, fix)
+
+
+def save_index_settings(root: str | Path, settings: Settings) -> None:
+    """`settings`, model paths resolved, as the index's ingest-config.yaml: a later `vidx ask`,
+    `serve` or `monitor` from any folder loads the same models."""
+    from indexer.store.files import write_atomic
+
+    data = yaml.safe_dump(resolve_model_paths(settings).model_dump(mode="json"), sort_keys=False).encode()
+    write_atomic(Path(root) / INDEX_SETTINGS, lambda f: f.write(data))
+
+
+def load_index_settings(root: str | Path) -> Settings:
+    """The settings an index was built with. A model folder that is no longer where the index
+    saw it is an error naming the path and the remedy (`--config` with its new place; the
+    fingerprints check that it holds the same weights)."""
+    path = Path(root) / INDEX_SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not an index made by vidx ingest, or pass the settings it was "
+                                "built with (--config)")
+    settings = load_settings(path)
+
+    def check(section: str, name: str, value: str | None) -> str | None:
+        if value and Path(value).is_absolute() and not Path(value).exists():
+            raise FileNotFoundError(
+                f"{root} was indexed with {section}.{name} {value}, which is not there any more: put it back, or "
+                "pass --config with settings naming where it is now (its weights are checked against the index)")
+        return value
+
+    return _with_model_paths(settings, check)
+
+
 def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     try:
@@ -184,5 +249,6 @@ def load_settings(path: str | Path) -> Settings:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
-           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings"]
+__all__ = ["INDEX_SETTINGS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
+           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_index_settings",
+           "load_settings", "resolve_model_paths", "save_index_settings"]
