@@ -4,7 +4,6 @@ driven by selenium against a real uvicorn server over the tiny index."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +22,11 @@ WAIT_S = 60
 
 
 def chrome():
-    """A headless Chromium, or a skip (outside CI) that says what to install."""
+    """A headless Chromium, or a failure that says what to install."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists() and not shutil.which(Path(p).name)]
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{', '.join(missing)} not installed: .ci/run installs chromium and chromium-driver")
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)")
+        pytest.fail(f"{', '.join(missing)} not installed: `bash scripts/test-deps.sh` installs chromium and "
+                    "chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
