@@ -16,13 +16,13 @@ README = (REPO / "README.md").read_text()
 
 def section(title: str) -> str:
     """The text under the `## title` heading, up to the next heading of that level."""
-    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.MULTILINE | re.DOTALL)
     assert found, f"README.md has no '## {title}' section"
     return found.group(1)
 
 
 def shell_blocks(text: str) -> list[str]:
-    return re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S)
+    return re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.DOTALL)
 
 
 def commands(block: str) -> list[str]:
@@ -58,6 +58,6 @@ def test_the_quick_start_runs_verbatim(where, tmp_path):
     out = "\n".join(outputs)
     # what the block promises: models and settings written, the clip indexed, a cited answer, the index described
     assert (cwd / "out" / "tiny" / "settings.yaml").is_file()
-    sample = re.search(r"^  (sample\.mp4-\w+): .* (\d+) frames at 1 fps", out, re.M)
+    sample = re.search(r"^  (sample\.mp4-\w+): .* (\d+) frames at 1 fps", out, re.MULTILINE)
     assert sample and sample.group(2) == "20", out
-    assert re.search(rf"^  \[{re.escape(sample.group(1))} \d+:\d\d-\d+:\d\d\] frames \d+\.\.\d+", out, re.M), out
+    assert re.search(rf"^  \[{re.escape(sample.group(1))} \d+:\d\d-\d+:\d\d\] frames \d+\.\.\d+", out, re.MULTILINE), out
