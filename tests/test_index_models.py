@@ -1,6 +1,7 @@
 """An index remembers its models: ingested with a config of relative paths from one folder, it
-is asked, monitored and opened from another; fingerprints identify weights, not folders; a
-moved model folder is named in the error, and found again through --config."""
+is asked, monitored and opened from another; fingerprints identify weights, not folders; models
+moved together with the index are found again; a model folder moved alone is named in the error,
+and found again through --config."""
 
 import json
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from indexer.demo import SCENES, write_tiny
@@ -16,7 +18,7 @@ from indexer.llamavid.tiny import TinySpec
 QUESTION = "When is the blue disc on screen?"
 
 
-def vidx(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def vidx(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "indexer.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -47,6 +49,7 @@ def test_fingerprints_identify_weights_not_where_they_lie(tmp_path):
         LlamaVid.from_pretrained(tiny.model))
 
 
+@pytest.mark.timeout(900)  # several commands, each loading torch and the models: minutes on a busy machine
 def test_an_index_made_with_relative_paths_works_from_any_folder_and_names_a_moved_model(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     b.mkdir()
@@ -56,7 +59,7 @@ def test_an_index_made_with_relative_paths_works_from_any_folder_and_names_a_mov
                   "--no-progress", cwd=a)
     assert ingest.returncode == 0, ingest.stderr[-3000:]
     index = a / "runs" / "idx"
-    saved = yaml.safe_load((index / "ingest-config.yaml").read_text())
+    saved = yaml.safe_load((index / "ingest-config.yaml").read_text())  # absolute paths
     assert saved["model"]["model_dir"] == str(tiny.model) and saved["embedding"]["model"] == str(tiny.clip)
 
     # from another folder: ask (the CLI), QueryEngine.open (what vidx serve runs), monitor
@@ -79,13 +82,20 @@ def test_an_index_made_with_relative_paths_works_from_any_folder_and_names_a_mov
     assert monitor.returncode == 0, monitor.stderr[-3000:]
     assert "more: 20 frames" in monitor.stdout and "frame evaluations" in monitor.stdout
 
-    # the model folder moves: the error names where it was and the remedy; --config finds it again
-    shutil.move(a / "out" / "tiny", a / "out" / "moved")
-    lost = vidx("ask", str(index), QUESTION, cwd=b)
+    # the index and its models move together: found again relative to the index
+    a2 = tmp_path / "a2"
+    shutil.move(a, a2)
+    together = vidx("ask", str(a2 / "runs" / "idx"), QUESTION, "--json", cwd=b)
+    assert together.returncode == 0, together.stderr[-3000:]
+    assert json.loads(together.stdout)["citations"]
+
+    # the model folder alone moves: the error names where it was and the remedy; --config finds it again
+    shutil.move(a2 / "out" / "tiny", a2 / "out" / "moved")
+    lost = vidx("ask", str(a2 / "runs" / "idx"), QUESTION, cwd=b)
     assert lost.returncode == 2
     assert str(tiny.model) in lost.stderr and "not there any more" in lost.stderr and "--config" in lost.stderr
     assert len(lost.stderr.strip().splitlines()) == 1
-    moved = relative_config(a, "out/moved")
-    found = vidx("ask", "runs/idx", QUESTION, "--config", moved.name, "--json", cwd=a)
+    moved = relative_config(a2, "out/moved")
+    found = vidx("ask", "runs/idx", QUESTION, "--config", moved.name, "--json", cwd=a2)
     assert found.returncode == 0, found.stderr[-3000:]
     assert json.loads(found.stdout)["citations"]

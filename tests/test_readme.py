@@ -37,6 +37,7 @@ def test_the_set_up_commands_are_the_ones_ci_runs():
     assert "vidx demo" in setup[0] and "scripts/test-deps.sh" in setup[1] and "pytest" in setup[1]
 
 
+@pytest.mark.timeout(900)  # several commands, each loading torch and the models: minutes on a busy machine
 @pytest.mark.parametrize("where", ["repository root", "another folder"])
 def test_the_quick_start_runs_verbatim(where, tmp_path):
     blocks = shell_blocks(section("Quick start"))
