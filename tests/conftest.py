@@ -1,3 +1,5 @@
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -5,6 +7,10 @@ import pytest
 from tests.indexes import tiny_index  # noqa: F401  (a session fixture: a real index of two videos)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The console scripts of this environment (ray, vidx) for the tests' subprocesses, also when the
+# suite runs as `.venv/bin/python -m pytest` with the virtualenv not activated (README command 2)
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def golden_roots() -> list[Path]:
