@@ -17,7 +17,8 @@ def add_ingest_arguments(parser: argparse.ArgumentParser, sources: str = "+") ->
     parser.add_argument("sources", nargs=sources, metavar="SOURCE",
                         help="path or URL (file, http(s), HLS .m3u8, rtsp, rtmp, udp, srt); NAME=URI names the stream")
     parser.add_argument("--index", required=True, help="index root folder (created if missing; resumed if present)")
-    parser.add_argument("--config", default="configs/default.yaml", help="YAML settings (default: %(default)s)")
+    parser.add_argument("--config", help="YAML settings (default: the index's own ingest-config.yaml when the index "
+                                         "exists, else configs/default.yaml)")
     parser.add_argument("--fps", type=float, help="samples per second (overrides reader.fps)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")
     parser.add_argument("--no-progress", action="store_true",
@@ -37,12 +38,17 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """--config, with --fps over reader.fps."""
+    """--config (default: the settings the index was built with), with --fps over reader.fps."""
+    from pathlib import Path
+
     from pydantic import ValidationError
 
-    from indexer.settings import load_settings, settings_error
+    from indexer.settings import INDEX_SETTINGS, load_index_settings, load_settings, settings_error
 
-    settings = load_settings(args.config)
+    if args.config is None and (Path(args.index).expanduser() / INDEX_SETTINGS).is_file():
+        settings = load_index_settings(Path(args.index).expanduser())
+    else:
+        settings = load_settings(args.config or "configs/default.yaml")
     if args.fps is not None:
         try:
             settings.reader = type(settings.reader).model_validate({**settings.reader.model_dump(), "fps": args.fps})

@@ -32,7 +32,7 @@ from indexer.console import plural
 from indexer.media.capture_process import RemoteCapture
 from indexer.media.source import Source, check_stream_id, parse_source
 from indexer.preflight import IngestPlan, check_models, plan_ingest
-from indexer.settings import Settings
+from indexer.settings import Settings, resolve_model_paths, save_index_settings
 from indexer.store.manifest import read_manifest
 from indexer.store.repair import check_index
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being
     from actors.reader import StreamSummary
 
 logger = logging.getLogger(__name__)
-RESOLVED_CONFIG = "ingest-config.yaml"
 FEEDER_JOIN_S = 5.0   # at exit: how long a feeder may take to notice its reader is gone
 
 
@@ -100,7 +99,8 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
 
         return IngestSummary(str(root), [StreamSummary(e.stream_id, e.uri, e.live, e.duration_s)
                                          for e in plan.complete], time.monotonic() - started, nothing_to_do=True)
-    config = _absolute_paths(settings).model_dump(mode="json")
+    settings = resolve_model_paths(settings)  # actors on a `ray start` cluster do not run in this folder
+    config = settings.model_dump(mode="json")
     capturing = start_captures(parsed, root, settings, read_manifest(root))
     try:
         if address is None and not os.environ.get("RAY_ADDRESS"):  # a Ray of this machine: its files are ours to see
@@ -152,7 +152,7 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
     try:
         ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
         ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
-        _save_config(root, settings)
+        save_index_settings(root, settings)
         runs = {reader.run.remote(): reader for reader in readers}
         stop = _StopRequest()
         pending = list(runs)
@@ -176,37 +176,6 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
         for feeder in feeders:
             feeder.join(FEEDER_JOIN_S)
     return summary
-
-
-def _absolute_paths(settings: Settings) -> Settings:
-    """Actors on a `ray start` cluster do not run in the driver's folder: model paths that exist
-    here relative to it become absolute (hub ids and absolute paths pass unchanged). A relative
-    path found nowhere fails here, before Ray starts, rather than in every encoder actor."""
-    def fix(value: str | None) -> str | None:
-        if not value or Path(value).is_absolute():
-            return value
-        if Path(value).expanduser().exists():
-            return str(Path(value).expanduser().resolve())
-        if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
-            raise FileNotFoundError(
-                f"model path {value!r} not found (relative to {Path.cwd()}); use an absolute path or a hub id "
-                "(`ray job submit --working-dir` does not upload git-ignored folders such as out/)")
-        return value
-
-    model = settings.model.model_copy(update={name: fix(getattr(settings.model, name)) for name in
-                                              ("model_dir", "vision_tower", "image_processor", "qformer")})
-    return settings.model_copy(update={"model": model, "embedding": settings.embedding.model_copy(
-        update={"model": fix(settings.embedding.model)})})
-
-
-def _save_config(root: Path, settings: Settings) -> None:
-    """The resolved config beside the output, so a later run can see how the index was made."""
-    import yaml
-
-    from indexer.store.files import write_atomic
-
-    data = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False).encode()
-    write_atomic(root / RESOLVED_CONFIG, lambda f: f.write(data), mode=0o600)  # it may hold llm.api_key
 
 
 class _StopRequest:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 
 logger = logging.getLogger("indexer")
 
@@ -41,15 +40,12 @@ def _cmd_repair(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from indexer.embedding import make_tiny_clip
-    from indexer.llamavid.tiny import TinySpec, make_tiny_checkpoint
+    from indexer.demo import write_tiny
+    from indexer.llamavid.tiny import TinySpec
 
     spec = TinySpec(compress_type=args.compress_type, mm_projector_type=args.projector, bert_type=args.bert_type,
                     num_query=args.num_query, weights_format=args.format, weights_dtype=args.dtype)
-    print(make_tiny_checkpoint(args.out, spec))
-    print(make_tiny_clip(Path(args.out) / "clip"))
+    print("\n".join(write_tiny(args.out, spec).lines()))
     return 0
 
 
@@ -297,34 +293,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Built-in defaults end to end: a tiny random LLaMA-VID in the official layout, a generated
-    clip, both prompt paths, and an answer. Real checkpoints use the same calls."""
-    import numpy as np
+    from actors.demo import run_demo
 
-    from indexer.llamavid import LlamaVid
-    from indexer.llamavid.tiny import make_tiny_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.config:
-            from indexer.settings import load_settings
-
-            settings = load_settings(args.config).model
-            model_dir = settings.model_dir
-            model = LlamaVid.from_settings(settings)
-        else:
-            model_dir = make_tiny_checkpoint(tmp)
-            model = LlamaVid.from_pretrained(model_dir)
-        t = np.linspace(0, 1, args.frames)[:, None, None, None]
-        ys, xs = np.mgrid[0:180, 0:320]
-        frames = (np.stack([xs / 320, ys / 180, np.zeros_like(xs)], -1)[None] * 200 + t * 55).astype(np.uint8)
-        features = model.encode_frames(model.preprocess(frames))
-        tokens = model.frame_tokens(features[:, 1:], args.question)
-        print(f"model: {model_dir}")
-        print(f"frames: {frames.shape[0]} -> features {list(features.shape)} -> tokens {list(tokens.shape)} "
-              f"({model.tokens_per_frame} per frame)")
-        answer = model.answer(args.question, features, subtitles={0: "Hello there."}, max_new_tokens=16)
-        print(f"question: {args.question}\nanswer: {answer!r}")
-    return 0
+    return run_demo(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("index", help="index root written by vidx ingest")
     repair.set_defaults(func=_cmd_repair)
 
-    tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, and a tiny CLIP "
-                                       "(for tests)")
-    tiny.add_argument("out", help="folder to create; the model folder is OUT/model, the CLIP OUT/clip")
+    tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, a tiny CLIP, settings "
+                                       "naming them and a sample clip (for tests and trying things)")
+    tiny.add_argument("out", help="folder to create: OUT/model, OUT/clip, OUT/settings.yaml, OUT/sample.mp4")
     tiny.add_argument("--compress-type", default="mean", help="'mean' or 'grid:N'")
     tiny.add_argument("--projector", default="mlp2x_gelu", help="'linear' or 'mlpNx_gelu'")
     tiny.add_argument("--bert-type", default="qformer_pretrain", help="config.json's bert_type (default %(default)s)")
@@ -403,11 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "stream of the index names)")
     serve.set_defaults(func=_cmd_serve)
 
-    demo = sub.add_parser("demo", help="run LLaMA-VID end to end on built-in defaults (tiny model, generated clip)")
-    demo.add_argument("--config", help="YAML settings naming a real model (configs/default.yaml) instead of the "
-                                       "tiny random one")
-    demo.add_argument("--frames", type=positive_int, default=8, help="frames of the generated clip (default %(default)s)")
-    demo.add_argument("--question", default="What is happening in this video?", help="what to ask (default: %(default)s)")
+    demo = sub.add_parser("demo", help="the main job in under a minute on the CPU: tiny models, a generated clip "
+                                       "with planted scenes, ingest on Ray, search by image and text, a cited answer")
+    demo.add_argument("--out", default="out/demo", help="folder for the models, clip, index and thumbnails "
+                                                        "(default: %(default)s; made again on each run)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

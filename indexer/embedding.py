@@ -4,7 +4,6 @@ questions (the text side) at query time. Embeddings are L2-normalised: inner pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import string
@@ -12,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTokenizer,
+)
 from transformers.models.clip import CLIPImageProcessorPil
+
+from indexer.fingerprint import weights_fingerprint
 
 
 class ImageTextEmbedder:
@@ -34,7 +42,9 @@ class ImageTextEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Identifies the weights, not the folder: the configuration without its `_name_or_path`."""
+        config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
+        return weights_fingerprint(json.dumps(config, sort_keys=True, default=str), self.model.state_dict())
 
     @torch.inference_mode()
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:

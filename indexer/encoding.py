@@ -4,7 +4,6 @@ plus a JPEG thumbnail."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 from indexer.batches import EncodedBatch, FrameBatch
 from indexer.embedding import ImageTextEmbedder
+from indexer.fingerprint import weights_fingerprint
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.modeling_llamavid import part_of
 from indexer.settings import Settings
@@ -47,7 +47,7 @@ class FrameEncoder:
                       feature_shape=(config.vision.num_patches + 1, config.vision.width),
                       feature_format=self.feature_format,
                       content_shape=(config.tokens_per_frame - 1, config.hidden_size),
-                      embedding_model=f"{self.embedder.name}@{self.embedder.fingerprint}",
+                      embedding_model=self.embedder.name, embedding_fingerprint=self.embedder.fingerprint,
                       embedding_dim=self.embedder.dim)
 
     def __call__(self, batches: list[FrameBatch]) -> list[EncodedBatch]:
@@ -80,17 +80,11 @@ def jpeg_thumbnail(image: np.ndarray, width: int, quality: int = 80) -> bytes:
 
 
 def model_fingerprint(model: LlamaVid) -> str:
-    """Changes when the model's structure or the weights of its encoder parts change (a sample of
-    every such tensor's values): the same for every `parts` a model is loaded with, so the query
-    side (with or without the LLM) can check it against what the encoders wrote."""
-    digest = hashlib.sha1(repr(model.config).encode())
-    for name, tensor in model.model.state_dict().items():
-        if part_of(name) != "encoder":
-            continue
-        flat = tensor.detach().reshape(-1)
-        digest.update(name.encode())
-        digest.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """Changes when the model's structure or the weights of its encoder parts change, not when its
+    folder moves: the same for every `parts` a model is loaded with, so the query side (with or
+    without the LLM) can check it against what the encoders wrote."""
+    state = {name: t for name, t in model.model.state_dict().items() if part_of(name) == "encoder"}
+    return weights_fingerprint(repr(model.config), state)
 
 
 __all__ = ["FrameEncoder", "jpeg_thumbnail", "model_fingerprint"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -186,6 +187,81 @@ class Settings(BaseModel):
     monitor: MonitorSettings = MonitorSettings()
 
 
+INDEX_SETTINGS = "ingest-config.yaml"  # in an index root: the settings it was built with, model paths absolute
+_SAVED_AT = "# index: "  # ingest-config.yaml's first line: where the index was when it was saved
+_MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "image_processor"), ("model", "qformer"),
+                ("embedding", "model"))
+
+
+def _with_model_paths(settings: Settings, fix) -> Settings:
+    updates: dict[str, dict[str, str | None]] = {}
+    for section, name in _MODEL_PATHS:
+        updates.setdefault(section, {})[name] = fix(section, name, getattr(getattr(settings, section), name))
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=values)
+                                       for section, values in updates.items()})
+
+
+def resolve_model_paths(settings: Settings, base: str | Path | None = None) -> Settings:
+    """Model paths relative to `base` (default: the working directory, as the official code reads
+    them) made absolute, so that the settings mean the same from any folder and in Ray actors
+    that run elsewhere; hub ids and absolute paths pass unchanged. A relative path found nowhere
+    fails here, before Ray starts or a model loads."""
+    base = Path(base or Path.cwd())
+
+    def fix(section: str, name: str, value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        path = base / Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+        if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
+            raise FileNotFoundError(
+                f"model path {value!r} not found ({section}.{name}, relative to {base}); run `vidx tiny out/tiny` for the tiny "
+                "models, or name the model by absolute path or hub id (`ray job submit --working-dir` does not "
+                "upload git-ignored folders such as out/)")
+        return value
+
+    return _with_model_paths(settings, fix)
+
+
+def save_index_settings(root: str | Path, settings: Settings) -> None:
+    """`settings`, model paths resolved, as the index's ingest-config.yaml: a later `vidx ask`,
+    `serve` or `monitor` from any folder loads the same models. Its first line names the index's
+    own place, so that models moved together with the index are found again."""
+    from indexer.store.files import write_atomic
+
+    root = Path(root).resolve()
+    data = (f"{_SAVED_AT}{root}\n"
+            + yaml.safe_dump(resolve_model_paths(settings).model_dump(mode="json"), sort_keys=False)).encode()
+    write_atomic(root / INDEX_SETTINGS, lambda f: f.write(data), mode=0o600)  # it may hold llm.api_key
+
+
+def load_index_settings(root: str | Path) -> Settings:
+    """The settings an index was built with. A model path that is gone is looked for where it
+    lies relative to the index (both moved together); if not there either, the error names the
+    path and the remedy (`--config` with its new place; the fingerprints check the weights)."""
+    root = Path(root).expanduser().resolve()
+    path = root / INDEX_SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not an index made by vidx ingest, or pass the settings it was "
+                                "built with (--config)")
+    settings = load_settings(path)
+    first = path.read_text().partition("\n")[0]
+    saved_at = Path(first.removeprefix(_SAVED_AT)) if first.startswith(_SAVED_AT) else root
+
+    def find(section: str, name: str, value: str | None) -> str | None:
+        if not value or not Path(value).is_absolute() or Path(value).exists():
+            return value
+        moved = (root / os.path.relpath(value, saved_at)).resolve()
+        if moved.exists():
+            return str(moved)
+        raise FileNotFoundError(
+            f"{root} was indexed with {section}.{name} {value}, which is not there any more: put it back, or pass "
+            "--config with settings naming where it is now (its weights are checked against the index)")
+
+    return _with_model_paths(settings, find)
+
+
 def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     if not path.is_file():
@@ -214,6 +290,6 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
-           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings",
-           "settings_error"]
+__all__ = ["INDEX_SETTINGS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
+           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_index_settings",
+           "load_settings", "resolve_model_paths", "save_index_settings", "settings_error"]

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 
 from indexer.cli import main
 
@@ -29,24 +27,10 @@ def test_info_rejects_a_missing_folder(capsys):
     assert "/no/such/model does not exist" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_as_a_console_script():
-    result = subprocess.run([sys.executable, "-m", "indexer.cli", "demo", "--frames", "4"], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "tokens [4, 2, 64]" in result.stdout and "answer:" in result.stdout
-
-
-def test_demo_with_a_config_file(tmp_path, tiny_model_dir, capsys):
-    config = tmp_path / "model.yaml"
-    config.write_text(f"model:\n  model_dir: {tiny_model_dir}\n  dtype: bfloat16\n")
-    assert main(["demo", "--config", str(config), "--frames", "2"]) == 0
-    assert "tokens [2, 2, 64]" in capsys.readouterr().out
-
-
 def test_config_errors_name_the_file_and_field(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  model_dir: x\n  dtype: float8\n")
-    assert main(["demo", "--config", str(config)]) == 2
+    assert main(["ingest", str(tmp_path / "clip.mp4"), "--index", str(tmp_path / "idx"), "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "dtype" in err
 

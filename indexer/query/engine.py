@@ -24,16 +24,22 @@ from indexer.llamavid.conversation import get_template
 from indexer.llm.base import LLMBackend, llm_parts, make_backend
 from indexer.query.answer import Answer, Citation
 from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
-from indexer.query.prompt import (PromptFrame, PromptSpan, Turn, conversation_prompt, span_header, time_label,
-                                  video_text)
+from indexer.query.prompt import (
+    PromptFrame,
+    PromptSpan,
+    Turn,
+    conversation_prompt,
+    span_header,
+    time_label,
+    video_text,
+)
 from indexer.query.rerank import combine_scores, context_relevance
 from indexer.query.search import FrameSearch, Hit, SearchFilter
 from indexer.query.spans import Span, merge_hits
-from indexer.settings import Settings, load_settings
+from indexer.settings import Settings, load_index_settings, resolve_model_paths
 from indexer.store.index import IndexReader
 from indexer.store.manifest import StreamEntry
 
-INGEST_CONFIG = "ingest-config.yaml"
 FEATURE_CHUNK = 512  # frames whose features are in memory at once
 
 
@@ -54,11 +60,7 @@ class QueryEngine:
         ingest-config.yaml) and check they are the ones that made the index."""
         root = Path(root)
         index = IndexReader(root)
-        if settings is None:
-            saved = root / INGEST_CONFIG
-            if not saved.is_file():
-                raise FileNotFoundError(f"{saved} not found: pass the settings the index was built with (--config)")
-            settings = load_settings(saved)
+        settings = load_index_settings(root) if settings is None else resolve_model_paths(settings)
         m = settings.model
         model = LlamaVid.from_settings(m, parts=llm_parts(settings.llm))
         embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
@@ -66,10 +68,12 @@ class QueryEngine:
         if layout is not None:
             if model_fingerprint(model) != layout.model_fingerprint:
                 raise ValueError(f"{root} was indexed with the LLaMA-VID model {layout.model_name} (fingerprint "
-                                 f"{layout.model_fingerprint}), not {m.model_dir}")
-            if f"{embedder.name}@{embedder.fingerprint}" != layout.embedding_model:
-                raise ValueError(f"{root} was indexed with the retrieval embedding {layout.embedding_model}, "
-                                 f"not {embedder.name}@{embedder.fingerprint}")
+                                 f"{layout.model_fingerprint}), not {m.model_dir} (fingerprint "
+                                 f"{model_fingerprint(model)})")
+            if embedder.fingerprint != layout.embedding_fingerprint:
+                raise ValueError(f"{root} was indexed with the retrieval embedding {layout.embedding_model} "
+                                 f"(fingerprint {layout.embedding_fingerprint or 'of an older version: ingest again'}"
+                                 f"), not {embedder.name} (fingerprint {embedder.fingerprint})")
         return cls(root, model, embedder, make_backend(settings.llm, model), settings)
 
     def refresh(self, force: bool = False) -> bool:

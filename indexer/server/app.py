@@ -10,7 +10,7 @@
 | `GET  /api/frames/{id}/thumbnail.jpg` | a frame's stored JPEG thumbnail                               |
 | `GET  /api/streams/{id}/media`        | the stream's local source file (HTTP Range), 307 to an http(s) file, or 404 |
 | `/api/watch...`, `/api/alerts...`     | live monitoring: standing queries, alerts, the alert feed (`monitor_api`) |
-| `GET  /`                              | the web page; `/docs`: the OpenAPI docs                       |
+| `GET  /`                              | the web page; `/docs`, `/redoc`: the OpenAPI docs (offline)    |
 
 With a token, every /api route wants `Authorization: Bearer TOKEN` or `?token=TOKEN` (for
 <img> and <video> URLs, and for EventSource, which cannot send headers); the page and the docs
@@ -48,6 +48,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -166,11 +167,13 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
     gate = EngineGate(engine, refresh_interval_s)
     roots = None if media_roots is None else [Path(r).expanduser().resolve() for r in media_roots]
 
-    app = FastAPI(title="llamavid-indexer", version="1",
-                  description="Ask questions across hours of indexed video; answers cite their moments; "
-                              "standing queries raise alerts on live streams. Without a token the server "
-                              "answers only loopback Host names and its own page's origin (403 otherwise); "
-                              "it answers no CORS preflight (OPTIONS: 405).")
+    # /docs (Swagger UI) and /redoc from assets in the fastapi-offline package, not a CDN: they work
+    # with no network; no validator badge either (it would ask validator.swagger.io)
+    app = FastAPIOffline(title="llamavid-indexer", version="1", swagger_ui_parameters={"validatorUrl": None},
+                         description="Ask questions across hours of indexed video; answers cite their moments; "
+                                     "standing queries raise alerts on live streams. Without a token the server "
+                                     "answers only loopback Host names and its own page's origin (403 otherwise); "
+                                     "it answers no CORS preflight (OPTIONS: 405).")
     app.state.gate = gate
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, default=MAX_JSON_BODY_BYTES, limits={"/api/search": MAX_SEARCH_BODY_BYTES})

@@ -21,8 +21,9 @@ def describe_index(root: str | os.PathLike) -> list[str]:
     lines = [f"index: {index.root}",
              f"generation {m.generation}, {m.next_frame_id} frames, {len(m.streams)} streams",
              f"model: {layout.model_name} (fingerprint {layout.model_fingerprint})",
-             f"features: {layout.feature_format} {list(layout.feature_shape)} per frame; content tokens "
-             f"{list(layout.content_shape)}; embedding {layout.embedding_dim}-d ({layout.embedding_model})",
+             (f"features: {layout.feature_format} {list(layout.feature_shape)} per frame; content tokens "
+              f"{list(layout.content_shape)}; embedding {layout.embedding_dim}-d ({layout.embedding_model}, "
+              f"fingerprint {layout.embedding_fingerprint or '?'})"),
              "streams:"]
     for sid, s in sorted(m.streams.items()):
         covered = f"{s.watermark_s:.1f} s" if s.watermark_s is not None else "-"

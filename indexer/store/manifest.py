@@ -23,13 +23,20 @@ class Layout(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_fingerprint: str
-    model_name: str
+    model_fingerprint: str                # indexer.encoding.model_fingerprint: the weights, wherever they lie
+    model_name: str                       # where the model was at the first ingest (for people, not checked)
     feature_shape: tuple[int, int]        # (1+N, C) per frame
     feature_format: str                   # float16 | int4 | none
     content_shape: tuple[int, int]        # (P, D) per frame
-    embedding_model: str
+    embedding_model: str                  # where the retrieval embedding was at the first ingest (not checked)
     embedding_dim: int
+    embedding_fingerprint: str = ""       # ImageTextEmbedder.fingerprint ("": an index older than this field)
+
+    def differences(self, other: Layout) -> list[str]:
+        """What makes `other` write data this index cannot hold: every field but the two names."""
+        return [f"{name}: index has {getattr(self, name)!r}, this ingest makes {getattr(other, name)!r}"
+                for name in type(self).model_fields if name not in ("model_name", "embedding_model")
+                and getattr(self, name) != getattr(other, name)]
 
 
 class Segment(BaseModel):

@@ -340,8 +340,7 @@ def concat(batches: list[EncodedBatch]) -> EncodedBatch | None:
 
 
 def check_layout(root: Path, existing: Layout, wanted: Layout) -> None:
-    differences = [f"{name}: index has {getattr(existing, name)!r}, this ingest makes {getattr(wanted, name)!r}"
-                   for name in Layout.model_fields if getattr(existing, name) != getattr(wanted, name)]
+    differences = existing.differences(wanted)
     if differences:
         raise ValueError(f"{root} was built with another model or format ({'; '.join(differences)}); "
                          "ingest into a new --index or use the same config")

@@ -11,7 +11,6 @@ from indexer.llamavid import LlamaVid
 from tests.conftest import golden_roots
 
 GOLDEN = golden_roots()
-pytestmark = pytest.mark.skipif(not GOLDEN, reason="no golden data beside the checkout (../shared/golden)")
 
 
 class Golden:
@@ -108,3 +107,7 @@ def _qformer(model, question):
     from indexer.llamavid.tokenization import qformer_inputs
 
     return qformer_inputs(model.qformer_tokenizer, question)
+
+
+def test_the_golden_sets_travel_with_the_repository():
+    assert [p.name for p in GOLDEN] == ["llamavid-tiny-a", "llamavid-tiny-b", "llamavid-tiny-c"]
