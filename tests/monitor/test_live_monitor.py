@@ -118,22 +118,30 @@ def test_a_monitor_killed_mid_event_and_restarted_raises_the_event_once(tmp_path
     # late enough for the monitor (Ray, models) to be reading before it; long enough to be going
     # on when the restarted one reads again
     scenes = {"planted": (40.0, 70.0)}
-    video = make_scene_video(tmp_path / "scenes.ts", 90.0, scenes, fps=FPS)
+    # still live when the test stops the monitor (after the pause the publisher catches up with
+    # the wall clock): a stream that ended first would leave the monitor winding down instead
+    video = make_scene_video(tmp_path / "scenes.ts", 300.0, scenes, fps=FPS)
     root = tmp_path / "index"
     root.mkdir()
     log = tmp_path / "monitor.log"
-    with receiver() as hook, hls_live(duration_s=90.0, fps=FPS, size=(160, 120), source=video) as (url, _):
+    with receiver() as hook, hls_live(duration_s=300.0, fps=FPS, size=(160, 120), source=video,
+                                      list_size=0) as (url, stream):
         vidx_watch("add", str(root), "an orange board with a blue disc", "--id", "disc", "--webhook", hook.url,
                    "--secret", SECRET)
         proc = start_monitor(f"cam={url}", root, config, log)
         try:
             wait_for(lambda: len(hook.received()) >= 1, 150, "the alert opened", proc, log)
-            time.sleep(2.0)  # mid-event: it goes on until 70 s
+            # mid-event: the stream holds still until the restarted monitor reads it, however long
+            # that start takes on a busy machine, so the event is still going on when it does
+            stream.pause()
         finally:
             kill_tree(proc)  # SIGKILL, the driver and its local Ray
         assert [a.status for a in AlertLog(root).alerts()] == ["open"]
+        fetched = stream.segments_fetched()
         proc = start_monitor(f"cam={url}", root, config, log)
         try:
+            wait_for(lambda: stream.segments_fetched() > fetched, 150, "the restarted monitor reading", proc, log)
+            stream.resume()
             wait_for(lambda: len(hook.received()) >= 2, 150, "the alert closed", proc, log)
             time.sleep(3.0)
         finally:
