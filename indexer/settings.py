@@ -110,6 +110,8 @@ class QuerySettings(BaseModel):
     span_pad_s: float = Field(2.0, ge=0, description="seconds added before and after each span")
     max_spans: int = Field(8, ge=1)
     rerank: bool = Field(True, description="reorder candidates by the Q-Former's context attention")
+    torch_threads: int = Field(1, ge=0, description="torch CPU threads for a question's model work (0: one per "
+                               "core); one holds up best beside an ingest, see docs/benchmarks.md")
     context_length: int | None = Field(None, ge=64, description="LLM context (None: the model's own)")
     max_new_tokens: int = Field(256, ge=1)
     subtitles: bool = True

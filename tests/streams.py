@@ -34,7 +34,7 @@ from typing import Self
 
 from tests.mediagen import ffmpeg_bin, make_video
 
-__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "LiveInfo", "LiveUrl", "hls_live", "http_files", "rtmp_server",
+__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "HlsInfo", "LiveInfo", "LiveUrl", "hls_live", "http_files", "rtmp_server",
            "rtsp_server", "udp_mpegts"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # has python3-gi (GStreamer bindings); a venv does not
@@ -276,13 +276,14 @@ def hls_live(
     ready_segments: int = 2,
     ready_timeout_s: float = 60.0,
     source: Path | None = None,
-) -> Iterator[tuple[LiveUrl, LiveInfo]]:
+) -> Iterator[tuple[LiveUrl, HlsInfo]]:
     """A live HLS stream: yields ``(url, info)``, url ``http://127.0.0.1:PORT/live.m3u8``.
 
     ffmpeg ``-re`` writes ``hls_time``-second MPEG-TS segments (H.264, a keyframe at each
     segment start) to a sliding ``list_size`` playlist (old segments deleted), served by
     ``python -m http.server``. Ready once the playlist lists ``ready_segments`` segments.
-    The playlist gets ``#EXT-X-ENDLIST`` after ``duration_s``; it stays served until exit.
+    The playlist gets ``#EXT-X-ENDLIST`` after ``duration_s`` or on ``info.end()``; it stays
+    served until exit.
 
     Time: ``pts_s == n / fps`` (offset 0). FFmpeg's HLS reader joins a live playlist 3
     segments before its end, so the first frame read is a segment start, not frame 0.
@@ -293,7 +294,7 @@ def hls_live(
         www.mkdir()
         url = f"{_serve_http(procs, www, ready_timeout_s)}/live.m3u8"
         started = time.monotonic()
-        procs.start(
+        publisher = procs.start(
             "ffmpeg",
             _ffmpeg_publish(
                 src, "-f", "hls", "-hls_time", str(hls_time), "-hls_list_size", str(list_size),
@@ -310,8 +311,38 @@ def hls_live(
                 return False
 
         procs.wait_for("HLS playlist", playlist_ready, ready_timeout_s)
-        info = LiveInfo(url=url, fps=fps, size=size, num_frames=count, started=started)
+        info = HlsInfo(url=url, fps=fps, size=size, num_frames=count, started=started,
+                       segments_fetched=lambda: len(re.findall(r'"GET /seg\d+\.ts ', (procs.logdir / "http.err")
+                                                               .read_text(errors="replace"))),
+                       end=lambda: _end_hls(publisher, www / "live.m3u8"),
+                       pause=lambda: os.killpg(publisher.pid, signal.SIGSTOP),
+                       resume=lambda: os.killpg(publisher.pid, signal.SIGCONT))
         yield LiveUrl(url, info), info
+
+
+@dataclass(frozen=True)
+class HlsInfo(LiveInfo):
+    """:class:`LiveInfo` of :func:`hls_live`, with what lets a test wait on readers rather
+    than on the clock: ``segments_fetched()`` counts the media segments readers have fetched
+    (the readiness probe reads only the playlist), ``end()`` ends the stream now (the playlist
+    gets ``#EXT-X-ENDLIST``), however much of ``duration_s`` is left. ``pause()`` stops the
+    publisher (SIGSTOP) and ``resume()`` lets it go on: it then catches up with the wall clock at
+    full speed, so pass ``list_size=0`` (no segment deleted) for readers to fetch every one."""
+
+    segments_fetched: Callable[[], int] = lambda: 0
+    end: Callable[[], None] = lambda: None
+    pause: Callable[[], None] = lambda: None
+    resume: Callable[[], None] = lambda: None
+
+
+def _end_hls(publisher: subprocess.Popen[bytes], playlist: Path) -> None:
+    """Stop ffmpeg as Ctrl-C does: it finishes the segment and writes ``#EXT-X-ENDLIST``."""
+    if publisher.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(publisher.pid, signal.SIGINT)
+        publisher.wait(timeout=60)
+    if "#EXT-X-ENDLIST" not in playlist.read_text():
+        raise RuntimeError(f"ffmpeg ended without #EXT-X-ENDLIST in {playlist}")
 
 
 @contextlib.contextmanager

@@ -147,11 +147,24 @@ class LlamaVid:
         return self.model.frame_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
 
     @torch.inference_mode()
-    def context_tokens(self, features: torch.Tensor, question: str) -> torch.Tensor:
-        """[T, 1, D] the question's context token per frame (the first of `frame_tokens`)."""
+    def text_queries(self, features: torch.Tensor, question: str) -> torch.Tensor:
+        """[T, Q, C] the Q-Former's text queries per frame: the costly, question-dependent part of
+        `context_tokens` and `context_scores`, which take it back (`text_queries=`) so that work
+        over the same frames and question runs it once. Each frame's queries depend only on it."""
         self._check_features(features)
         ids, mask = self._qformer_inputs(question)
-        return self.model.context_tokens(features.to(device=self.device, dtype=self.dtype), ids, mask)
+        return self.model.text_queries(features.to(device=self.device, dtype=self.dtype), ids, mask)
+
+    @torch.inference_mode()
+    def context_tokens(self, features: torch.Tensor, question: str,
+                       text_queries: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, 1, D] the question's context token per frame (the first of `frame_tokens`);
+        `text_queries`: `text_queries(features, question)` when already computed."""
+        self._check_features(features)
+        features = features.to(device=self.device, dtype=self.dtype)
+        if text_queries is None:
+            text_queries = self.text_queries(features, question)
+        return self.model.context_attention(text_queries, self.model.patches_of(features))
 
     @torch.inference_mode()
     def content_tokens(self, features: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
@@ -167,12 +180,14 @@ class LlamaVid:
                                          to_one=num_tokens == 1 and own != 1)
 
     @torch.inference_mode()
-    def context_scores(self, features: torch.Tensor, question: str) -> torch.Tensor:
-        """How strongly the question's text queries attend to each frame's patches, [T, Q, N]."""
+    def context_scores(self, features: torch.Tensor, question: str,
+                       text_queries: torch.Tensor | None = None) -> torch.Tensor:
+        """How strongly the question's text queries attend to each frame's patches, [T, Q, N];
+        `text_queries`: `text_queries(features, question)` when already computed."""
         self._check_features(features)
-        ids, mask = self._qformer_inputs(question)
         features = features.to(device=self.device, dtype=self.dtype)
-        text_queries = self.model.text_queries(features, ids, mask)
+        if text_queries is None:
+            text_queries = self.text_queries(features, question)
         return self.model.context_attention.scores(text_queries, self.model.patches_of(features))
 
     # -- prompt -> embeddings -> LLM --------------------------------------------------------------

@@ -124,17 +124,23 @@ class QueryEngine:
     # -- ask --------------------------------------------------------------------------------------
     def ask(self, question: str, where: SearchFilter | None = None, history: list[Turn] | None = None,
             k: int | None = None) -> Answer:
+        with torch_threads(self.settings.query.torch_threads):
+            return self._ask(question, where, history, k)
+
+    def _ask(self, question: str, where: SearchFilter | None, history: list[Turn] | None,
+             k: int | None) -> Answer:
         question = _check_text(question)
         history = list(history or [])
         q = self.settings.query
         timings: dict[str, float] = {}
+        text_queries: dict[int, torch.Tensor] = {}  # the Q-Former's per frame: rerank and context tokens share them
         with _timed(timings, "embed"):
             query = self.embedder.embed_texts([question])[0]
         with _timed(timings, "search"):
             hits = self.search_index.search(query, self._check_k(k), where)
         if q.rerank and len(hits) > 1:
             with _timed(timings, "rerank"):
-                hits = self._rerank(hits, question)
+                hits = self._rerank(hits, question, text_queries)
         spans = merge_hits(hits, q.span_gap_s, q.span_pad_s, q.max_spans)
         span_ids = [self._span_frames(span, where) for span in spans]
         spans, span_ids = [s for s, ids in zip(spans, span_ids) if len(ids)], [ids for ids in span_ids if len(ids)]
@@ -143,7 +149,7 @@ class QueryEngine:
         with _timed(timings, "plan"):
             plan, prompt_spans, ids = self._plan(question, history, scope, spans, span_ids)
         tokens = self._frame_tokens([f.frame_id for s in prompt_spans for f in s.frames], question,
-                                    plan.content_tokens, timings)
+                                    plan.content_tokens, timings, text_queries)
         with _timed(timings, "prompt"):
             embeds = self.model.inputs_embeds(ids, tokens)  # (L, D)
         generation = self.llm.generate(embeds, q.max_new_tokens, stop=[get_template(q.conv_mode).stop_str])
@@ -162,9 +168,11 @@ class QueryEngine:
             raise ValueError(f"k must be an integer in 1..{self.settings.query.max_k} (query.max_k), got {k!r}")
         return k
 
-    def _rerank(self, hits: list[Hit], question: str) -> list[Hit]:
-        features = torch.from_numpy(self.index.features([h.frame_id for h in hits]))
-        relevance = context_relevance(self.model, features, question)
+    def _rerank(self, hits: list[Hit], question: str, text_queries: dict[int, torch.Tensor]) -> list[Hit]:
+        ids = [h.frame_id for h in hits]
+        features = torch.from_numpy(self.index.features(ids))
+        relevance = context_relevance(self.model, features, question,
+                                      self._text_queries(ids, features[:, 1:], question, text_queries))
         combined = combine_scores(np.array([h.score for h in hits]), relevance)
         return [hits[i] for i in np.argsort(-combined, kind="stable")]
 
@@ -235,9 +243,21 @@ class QueryEngine:
             out.append(PromptSpan(stream_id, frames[0].pts_s, frames[-1].pts_s, frames))
         return out
 
+    def _text_queries(self, frame_ids: list[int], features: torch.Tensor, question: str,
+                      known: dict[int, torch.Tensor]) -> torch.Tensor:
+        """[t, Q, C] the Q-Former's text queries over these frames' features (long-video path, no
+        CLS), run only for frames `known` (frame id -> [Q, C], this question's) does not hold yet."""
+        new = [i for i, frame_id in enumerate(frame_ids) if frame_id not in known]
+        if new:
+            for i, queries in zip(new, self.model.text_queries(features[new], question)):
+                known[frame_ids[i]] = queries
+        return torch.stack([known[frame_id] for frame_id in frame_ids])
+
     def _frame_tokens(self, frame_ids: list[int], question: str, content_tokens: int,
-                      timings: dict[str, float]) -> torch.Tensor:
-        """[T, 1 + P, D] over the chosen frames, a chunk of features in memory at a time."""
+                      timings: dict[str, float], text_queries: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """[T, 1 + P, D] over the chosen frames, a chunk of features in memory at a time.
+        `text_queries`: the Q-Former's per frame for this question, reused and added to."""
+        text_queries = {} if text_queries is None else text_queries
         out = []
         timings.setdefault("features", 0.0)
         timings.setdefault("context_tokens", 0.0)
@@ -246,7 +266,9 @@ class QueryEngine:
                 features = torch.from_numpy(self.index.features(frame_ids[start:start + FEATURE_CHUNK]))
                 features = features[:, 1:]  # (t, N, C): the long-video path, no CLS
             with _timed(timings, "context_tokens"):
-                context = self.model.context_tokens(features, question)  # (t, 1, D)
+                chunk = frame_ids[start:start + FEATURE_CHUNK]
+                queries = self._text_queries(chunk, features, question, text_queries)
+                context = self.model.context_tokens(features, question, queries)  # (t, 1, D)
                 content = self.model.content_tokens(features, content_tokens)  # (t, P, D)
                 out.append(torch.cat([context, content], dim=1))
         return torch.cat(out)
@@ -262,6 +284,22 @@ class QueryEngine:
             start_s, end_s = float(self.frames.pts_s[used[0]]), float(self.frames.pts_s[used[-1]])
             citations.append(Citation(span.stream_id, start_s, end_s, used, span.hits[0], span.score))
         return citations
+
+
+@contextmanager
+def torch_threads(count: int):
+    """torch's CPU threads for this thread's work inside the block (0: leave torch's default).
+    Why: a question's ops are small; threads that meet at a barrier after each one lose most of
+    their time when other work (an ingest) holds the cores and one of them waits for a core."""
+    if count == 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

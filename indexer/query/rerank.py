@@ -10,10 +10,12 @@ import torch
 from indexer.llamavid import LlamaVid
 
 
-def context_relevance(model: LlamaVid, features: torch.Tensor, question: str) -> np.ndarray:
+def context_relevance(model: LlamaVid, features: torch.Tensor, question: str,
+                      text_queries: torch.Tensor | None = None) -> np.ndarray:
     """features [T, 1+N, C] (as stored) -> [T]: the mean over text queries of the largest
-    attention weight on one patch."""
-    scores = model.context_scores(features[:, 1:], question)  # (T, Q, N), long-video path: no CLS
+    attention weight on one patch. `text_queries`: the Q-Former's [T, Q, C] for `features[:, 1:]`
+    when already computed."""
+    scores = model.context_scores(features[:, 1:], question, text_queries)  # (T, Q, N), long-video path: no CLS
     return scores.amax(-1).mean(-1).float().cpu().numpy()
 
 

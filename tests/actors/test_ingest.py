@@ -3,6 +3,8 @@ index root; bad inputs fail alone; a rerun writes nothing twice; SIGKILLs lose n
 
 import io
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from tests.mediagen import (
     make_zero_byte,
     read_frame_number,
 )
-from tests.streams import hls_live
+from tests.streams import HlsInfo, hls_live
 
 FPS = 25
 
@@ -45,6 +47,13 @@ def ray_runtime():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+def end_once_read(stream: HlsInfo, segments: int) -> None:
+    """End the live HLS stream once its readers have fetched `segments` media segments."""
+    while stream.segments_fetched() < segments:
+        time.sleep(0.1)
+    stream.end()
 
 
 def check_index(root: Path, expect_frames: dict[str, int] | None = None) -> IndexReader:
@@ -71,12 +80,19 @@ def check_index(root: Path, expect_frames: dict[str, int] | None = None) -> Inde
     return index
 
 
+@pytest.mark.timeout(900)  # on a busy machine Ray, the models and the live join take minutes
 def test_files_and_a_live_stream_into_one_index_then_a_rerun_adds_nothing(tmp_path, settings, ray_runtime):
     mp4 = make_video(tmp_path / "a.mp4", duration_s=6, fps=FPS, codec="libx264")
     mkv = make_video(tmp_path / "b.mkv", duration_s=5, fps=FPS, codec="libx265")
     root = tmp_path / "index"
-    with hls_live(duration_s=30, fps=FPS) as (url, _):  # still live when the job has started
+    with hls_live(duration_s=180, fps=FPS) as (url, stream):
+        # live until the job has read it for a while, however long the job (Ray, models) takes to
+        # start on a busy machine; then the playlist ends and so does the job
+        ended = threading.Thread(target=end_once_read, args=(stream, 5), daemon=True)
+        ended.start()
         summary = run_ingest([f"a={mp4}", f"b={mkv}", f"live={url}"], root, settings, progress=False)
+        ended.join(timeout=60)
+        assert not ended.is_alive(), "the job ended before it read the live stream"
     assert not summary.failed, summary.lines()
     index = check_index(root, {"a": 6, "b": 5})
     live = index.manifest.streams["live"]

@@ -67,6 +67,18 @@ def test_context_token_depends_on_the_question(tiny_model, features):
     torch.testing.assert_close(scores.sum(-1), torch.ones(4, tiny_model.config.qformer.num_query))
 
 
+def test_text_queries_computed_once_give_the_same_context_tokens_and_scores(tiny_model, features):
+    queries = tiny_model.text_queries(features, "a red car")
+    assert queries.shape == (4, tiny_model.config.qformer.num_query, tiny_model.config.vision.width)
+    torch.testing.assert_close(tiny_model.context_tokens(features, "a red car", queries),
+                               tiny_model.context_tokens(features, "a red car"))
+    torch.testing.assert_close(tiny_model.context_scores(features, "a red car", queries),
+                               tiny_model.context_scores(features, "a red car"))
+    # a frame's queries depend on that frame only, so a subset's may be reused
+    torch.testing.assert_close(tiny_model.text_queries(features[1:3], "a red car"), queries[1:3],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_video_prompt_takes_the_whole_clip_at_one_placeholder(tiny_model, features):
     tokens = tiny_model.frame_tokens(features, "q?")
     ids = tiny_model.prompt_ids("q?", 4, mode="video")

@@ -136,3 +136,22 @@ def test_with_a_vllm_server_the_engine_holds_no_llm_layers_and_answers_the_same(
                 (expected.text, expected.citations, expected.prompt_tokens)
         finally:
             served.close()
+
+
+def test_the_q_former_runs_once_per_frame_of_a_question_and_on_one_thread(engine, monkeypatch):
+    seen: list[int] = []
+    threads: list[int] = []
+    text_queries = engine.model.text_queries
+
+    def counted(features, question):
+        seen.append(features.shape[0])
+        threads.append(torch.get_num_threads())
+        return text_queries(features, question)
+
+    monkeypatch.setattr(engine.model, "text_queries", counted)
+    before = torch.get_num_threads()
+    answer = engine.ask("what is shown?", k=8)
+    sent = {i for c in answer.citations for i in c.frame_ids}
+    assert len(seen) == 2 and seen[0] == 8  # the 8 candidates reranked, then only the sent frames not among them
+    assert sum(seen) < 8 + len(sent)  # some reranked frames were sent: their queries were reused
+    assert set(threads) == {engine.settings.query.torch_threads} and torch.get_num_threads() == before

@@ -343,14 +343,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(600)
 def test_ctrl_c_ends_open_feeds_so_the_server_stops(root):
+    # On a busy machine (load 40 on 2 cores) the server took up to 42 s to answer and up to 16 s
+    # to exit after the feed had ended: the waits are bounded by "never", not by an idle machine's
+    # seconds. Without the fix the feed never ends (uvicorn waits for it, sending keepalives) and
+    # the test fails on its timeout.
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVE, str(root), str(port)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300
         while True:
             try:
                 if httpx.get(f"{url}/api/alerts", timeout=1).status_code == 200:
@@ -359,14 +363,12 @@ def test_ctrl_c_ends_open_feeds_so_the_server_stops(root):
                 pass
             assert server.poll() is None and time.monotonic() < deadline, server.stdout and server.stdout.read()
             time.sleep(0.1)
-        with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0)) as http, \
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(60.0)) as http, \
                 open_feed(http, "/api/alerts/stream") as response:
             lines = response.iter_lines()
             server.send_signal(signal.SIGINT)
-            started = time.monotonic()
             assert list(lines) == []  # the feed ends cleanly (no broken chunk), not on a timeout
-            assert server.wait(timeout=10) == 0
-            assert time.monotonic() - started < 5
+            assert server.wait(timeout=120) == 0
     finally:
         if server.poll() is None:
             server.kill()

@@ -38,15 +38,14 @@ def engine(tmp_path) -> FakeEngine:
 def test_questions_run_one_at_a_time_while_the_rest_of_the_api_answers(engine):
     engine.release.clear()
     with running_server(create_app(engine, refresh_interval_s=0)) as url, ThreadPoolExecutor(2) as pool:
-        asks = [pool.submit(httpx.post, f"{url}/api/ask", json={"question": f"q{i}"}, timeout=30) for i in range(2)]
-        deadline = time.monotonic() + 10
+        asks = [pool.submit(httpx.post, f"{url}/api/ask", json={"question": f"q{i}"}, timeout=120) for i in range(2)]
+        deadline = time.monotonic() + 60
         while not engine.inside and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.inside == 1
-        started = time.monotonic()
-        assert httpx.get(f"{url}/api/streams", timeout=5).status_code == 200  # not stuck behind the question
-        assert httpx.get(f"{url}/api/frames/1/thumbnail.jpg", timeout=5).status_code == 200
-        assert time.monotonic() - started < 3
+        # the question holds until `release`: answering at all shows the API is not stuck behind it
+        assert httpx.get(f"{url}/api/streams", timeout=60).status_code == 200
+        assert httpx.get(f"{url}/api/frames/1/thumbnail.jpg", timeout=60).status_code == 200
         engine.release.set()
         answers = [a.result() for a in asks]
     assert [a.status_code for a in answers] == [200, 200] and engine.most_inside == 1
