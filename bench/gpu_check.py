@@ -166,7 +166,7 @@ def bench_llm(model: LlamaVid, tag: str, args: argparse.Namespace) -> None:
         runs = [backend.generate(embeds, max_new_tokens=2) for _ in range(args.repeats)]
         first_token_s = statistics.median(r.first_token_s for r in runs)
         setting = f"frame_tokens={frame_tokens} prompt_tokens={embeds.shape[0]}"
-        print(f"llm_first_token_s {tag} {setting}: {first_token_s:.3f} s", flush=True)
+        print(f"llm_first_token_s {tag} {setting}: {first_token_s:.6f} s", flush=True)
         print(f"llm_prefill_tokens_per_s {tag} {setting}: {embeds.shape[0] / first_token_s:.0f} tokens/s", flush=True)
         del embeds, runs
         if args.device.startswith("cuda"):

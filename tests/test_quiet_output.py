@@ -40,7 +40,8 @@ def test_monitor_json_is_json_only_and_webhook_failures_are_shown(tmp_path):
     video = make_scene_video(tmp_path / "scenes.mp4", 10.0, {"black": (3.0, 7.0)})
     root = tmp_path / "cams"
     hook = f"http://127.0.0.1:{closed_port()}/hooks"
-    assert vidx("watch", "add", str(root), "--rule", "black", "--id", "dark", "--webhook", hook).returncode == 0
+    assert vidx("watch", "add", str(root), "--rule", "black", "--id", "dark", "--webhook", hook,
+                "--allow-private").returncode == 0
 
     done = vidx("monitor", f"cam={video}", "--index", str(root), "--config", str(config), "--json")
     assert done.returncode == 0, done.stderr

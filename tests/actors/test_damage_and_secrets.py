@@ -104,7 +104,7 @@ def test_a_damaged_index_is_refused_answers_503_and_is_repaired_to_every_frame_o
 
     engine = QueryEngine.open(root)
     try:
-        with TestClient(create_app(engine)) as client:
+        with TestClient(create_app(engine), base_url="http://127.0.0.1") as client:  # tokenless: loopback only
             reply = client.post("/api/ask", json={"question": "what is shown?"})
     finally:
         engine.close()

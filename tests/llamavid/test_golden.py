@@ -110,4 +110,4 @@ def _qformer(model, question):
 
 
 def test_the_golden_sets_travel_with_the_repository():
-    assert [p.name for p in GOLDEN] == ["llamavid-tiny-a", "llamavid-tiny-b", "llamavid-tiny-c"]
+    assert [p.name for p in GOLDEN] == [f"llamavid-tiny-{s}" for s in "abcde"]

@@ -102,7 +102,7 @@ def test_an_rtsp_camera_down_for_20_s_raises_signal_lost_while_down_once_and_res
     root.mkdir()
     log = tmp_path / "monitor.log"
     with receiver() as hook, restartable_rtsp(video, tmp_path) as camera:
-        vidx_watch("add", str(root), "--rule", "signal-lost", "--id", "lost", "--webhook", hook.url,
+        vidx_watch("add", str(root), "--rule", "signal-lost", "--id", "lost", "--webhook", hook.url, "--allow-private",
                    "--secret", SECRET)
         proc = start_monitor(f"cam={camera.url}", root, config, log)
         try:
