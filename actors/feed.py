@@ -36,6 +36,7 @@ class Feed:
     items: list[SampledFrame | Gap] = field(default_factory=list)
     ended: bool = False
     error: str | None = None
+    last_frame_wall: float | None = None  # unix time the capture last decoded a frame (sampled or not)
 
 
 class FedSource:
@@ -65,10 +66,10 @@ class FedSource:
             elif feed.info is not None:
                 self.info.errors[:] = feed.info.errors
                 self.info.warnings[:] = feed.info.warnings
-            self._feeds.append(feed.items)
-            walls = [item.wall_time for item in feed.items if isinstance(item, SampledFrame) and item.wall_time]
-            if walls:
-                self.last_frame_wall = max(walls + [self.last_frame_wall or 0.0])
+            if feed.items:  # a push may only tell that the source still gives frames
+                self._feeds.append(feed.items)
+            if feed.last_frame_wall is not None:
+                self.last_frame_wall = max(feed.last_frame_wall, self.last_frame_wall or 0.0)
             self._ended = self._ended or feed.ended
             self._error = self._error or feed.error
             self._changed.notify_all()
@@ -118,7 +119,7 @@ class Feeder:
 
     def _run(self) -> None:
         capture = self.capture
-        first = True
+        first, told_wall = True, None
         while True:
             try:
                 items = capture.take(FEED_FRAMES, POLL_S)
@@ -126,14 +127,14 @@ class Feeder:
                 error = capture.error.reason if ended and capture.error else None
             except (EOFError, OSError) as exc:  # the capture process died: the stream fails, named
                 items, ended, error = [], True, f"capture process failed: {exc!r}"
-            if not (items or ended or first):
+            if not (items or ended or first or capture.last_frame_wall != told_wall):  # liveness counts every frame
                 continue
             try:
-                ray.get(self.reader.feed.remote(Feed(capture.info, items, ended, error)))
+                ray.get(self.reader.feed.remote(Feed(capture.info, items, ended, error, capture.last_frame_wall)))
             except ray.exceptions.RayError as exc:  # the reader finished (killed) or failed: its run says why
                 logger.debug("%s: feeding stopped: %s", capture.source.uri, exc)
                 return
-            first = False
+            first, told_wall = False, capture.last_frame_wall
             if ended:
                 return
 

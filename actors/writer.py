@@ -24,8 +24,11 @@ MIN_TIMER_WAIT_S = 0.05   # the timer never spins, even when a commit takes long
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
 class WriterActor:
-    def __init__(self, root: str, layout: Layout, commit_interval_s: float, max_vector_shards: int,
+    def __init__(self, root: str, encoder: str, commit_interval_s: float, max_vector_shards: int,
                  search: SearchSettings):
+        """`encoder`: the name of an encoder actor, whose model's layout the index gets (asked here,
+        not passed as an object reference: Ray warns that a restart may lose such arguments)."""
+        layout: Layout = ray.get(ray.get_actor(encoder).layout.remote())
         self.writer = IndexWriter(root, layout, commit_interval_s, max_vector_shards, search)
         self._lock = threading.Lock()
         self._closed = threading.Event()

@@ -97,6 +97,7 @@ class RemoteCapture:
         self.info: SourceInfo | None = None
         self.error: SourceError | None = None
         self.finished = False
+        self.last_frame_wall: float | None = None  # unix time the child last decoded a frame (liveness)
 
     def wait_opened(self) -> SourceInfo:
         info, error = self.process.call("opened", self.source.stream_id)
@@ -112,7 +113,7 @@ class RemoteCapture:
 
     def take(self, max_items: int, timeout_s: float) -> list[SampledFrame | Gap]:
         """What the child holds, up to `max_items`; when it holds nothing, waits `timeout_s` first."""
-        items, self.finished, error = self.process.call("take", self.source.stream_id, max_items)
+        items, self.finished, error, self.last_frame_wall = self.process.call("take", self.source.stream_id, max_items)
         if error is not None:
             self.error = SourceError(self.source.uri, error)
         if not items and not self.finished:
@@ -149,7 +150,8 @@ def _serve(conn: Connection) -> None:
                     reply = (None, exc.reason)
             elif op == "take":
                 items = capture.take(args[0], 0.0)
-                reply = (items, capture.finished, capture.error.reason if capture.error else None)
+                reply = (items, capture.finished, capture.error.reason if capture.error else None,
+                         capture.reader.last_frame_wall)
             elif op == "close_one":
                 reply = capture.close()
             else:
