@@ -160,11 +160,7 @@ class LlamaVid:
                        text_queries: torch.Tensor | None = None) -> torch.Tensor:
         """[T, 1, D] the question's context token per frame (the first of `frame_tokens`);
         `text_queries`: `text_queries(features, question)` when already computed."""
-        self._check_features(features)
-        features = features.to(device=self.device, dtype=self.dtype)
-        if text_queries is None:
-            text_queries = self.text_queries(features, question)
-        return self.model.context_attention(text_queries, self.model.patches_of(features))
+        return self.model.context_attention(*self._attention_inputs(features, question, text_queries))
 
     @torch.inference_mode()
     def content_tokens(self, features: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
@@ -184,11 +180,16 @@ class LlamaVid:
                        text_queries: torch.Tensor | None = None) -> torch.Tensor:
         """How strongly the question's text queries attend to each frame's patches, [T, Q, N];
         `text_queries`: `text_queries(features, question)` when already computed."""
+        return self.model.context_attention.scores(*self._attention_inputs(features, question, text_queries))
+
+    def _attention_inputs(self, features: torch.Tensor, question: str,
+                          text_queries: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text queries [T, Q, C], patches [T, N, C]) for the context attention."""
         self._check_features(features)
         features = features.to(device=self.device, dtype=self.dtype)
         if text_queries is None:
             text_queries = self.text_queries(features, question)
-        return self.model.context_attention.scores(text_queries, self.model.patches_of(features))
+        return text_queries, self.model.patches_of(features)
 
     # -- prompt -> embeddings -> LLM --------------------------------------------------------------
     def prompt_text(self, question: str, num_frames: int, mode: PromptMode = "video",
