@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         llm = model.config.llm
         bench_llm(model, f"{size}(llm {llm['hidden_size']}x{llm['num_hidden_layers']}) {args.device} {args.dtype}",
                   args)
-    print(f"gpu_check total_s: {time.perf_counter() - started:.0f}", flush=True)
+    print(f"gpu_check total_s: {time.perf_counter() - started:.3f}", flush=True)
     return 0
 
 
