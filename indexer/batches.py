@@ -26,7 +26,7 @@ class FrameBatch:
 
     @classmethod
     def of(cls, stream_id: str, first_index: int, frames: list[SampledFrame], gaps: list[Gap],
-           next_index: int) -> "FrameBatch":
+           next_index: int) -> FrameBatch:
         return cls(stream_id, first_index, next_index,
                    np.array([f.index for f in frames], dtype=np.int64),
                    np.array([f.pts_s for f in frames], dtype=np.float64),
@@ -37,7 +37,7 @@ class FrameBatch:
         return len(self.indices)
 
     def encoded(self, features: np.ndarray, content: np.ndarray, embedding: np.ndarray,
-                thumbnails: list[bytes]) -> "EncodedBatch":
+                thumbnails: list[bytes]) -> EncodedBatch:
         return EncodedBatch(self.stream_id, self.first_index, self.next_index, self.indices, self.pts_s,
                             self.wall_time, self.subtitles, self.gaps, features, content, embedding, thumbnails)
 
@@ -60,7 +60,7 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def select(self, keep: np.ndarray) -> "EncodedBatch":
+    def select(self, keep: np.ndarray) -> EncodedBatch:
         """The rows where `keep` (bool [T]) is true; gaps stay."""
         return EncodedBatch(self.stream_id, self.first_index, self.next_index, self.indices[keep], self.pts_s[keep],
                             self.wall_time[keep], [s for s, k in zip(self.subtitles, keep) if k], self.gaps,

@@ -29,7 +29,7 @@ class FrameEncoder:
         self._layout: Layout | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FrameEncoder":
+    def from_settings(cls, settings: Settings) -> FrameEncoder:
         """LLaMA-VID's encoder parts only (no LLM: an encoder never runs it) and the retrieval embedder."""
         m = settings.model
         model = LlamaVid.from_settings(m, parts="encoder")

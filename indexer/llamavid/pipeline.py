@@ -62,7 +62,7 @@ class LlamaVid:
     def from_pretrained(cls, model_dir: str | os.PathLike, vision_tower: str | os.PathLike | None = None,
                         image_processor: str | os.PathLike | None = None, qformer: str | os.PathLike | None = None,
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                        parts: Parts = "all") -> "LlamaVid":
+                        parts: Parts = "all") -> LlamaVid:
         """Load an official release folder (or hub repo id). `vision_tower`, `image_processor` and
         `qformer` override the paths that config.json names (None: as config.json says). `parts`:
         "all", or "encoder" / "prompt" to build and read only what that role uses."""
@@ -91,7 +91,7 @@ class LlamaVid:
                    generation_defaults, model_dir)
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings, parts: Parts = "all") -> "LlamaVid":
+    def from_settings(cls, settings: ModelSettings, parts: Parts = "all") -> LlamaVid:
         """The model that a settings file's `model:` section names, with the parts a role uses."""
         return cls.from_pretrained(settings.model_dir, settings.vision_tower, settings.image_processor,
                                    settings.qformer, device=settings.device, dtype=settings.torch_dtype, parts=parts)

@@ -41,7 +41,7 @@ class LlamaPromptTokenizer:
         self._special_split = re.compile("(" + "|".join(re.escape(t) for t in self.special_tokens) + ")")
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> "LlamaPromptTokenizer":
+    def from_model_dir(cls, model_dir: str | Path) -> LlamaPromptTokenizer:
         model_dir = Path(model_dir)
         model_file = model_dir / "tokenizer.model"
         if not model_file.is_file():

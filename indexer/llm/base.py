@@ -71,7 +71,7 @@ class LLMBackend(abc.ABC):
         """Greedy answer to `embeds` [L, D]; generation ends at eos, at a stop string, or after
         `max_new_tokens` tokens."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: most backends hold nothing)
         """Free what the backend holds (GPU memory, connections). The base holds nothing."""
 
     def __enter__(self) -> Self:

@@ -55,7 +55,7 @@ class QueryEngine:
         self.refresh(force=True)
 
     @classmethod
-    def open(cls, root: str | Path, settings: Settings | None = None) -> "QueryEngine":
+    def open(cls, root: str | Path, settings: Settings | None = None) -> QueryEngine:
         """Load the models `settings` name (default: the ones the index was built with, from its
         ingest-config.yaml) and check they are the ones that made the index."""
         root = Path(root)
