@@ -195,7 +195,8 @@ _MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "im
                 ("embedding", "model"))
 
 
-def _with_model_paths(settings: Settings, fix) -> Settings:
+def with_model_paths(settings: Settings, fix) -> Settings:
+    """`settings` with each model path replaced by fix(section, name, value)."""
     updates: dict[str, dict[str, str | None]] = {}
     for section, name in _MODEL_PATHS:
         updates.setdefault(section, {})[name] = fix(section, name, getattr(getattr(settings, section), name))
@@ -223,7 +224,7 @@ def resolve_model_paths(settings: Settings, base: str | Path | None = None) -> S
                 "upload git-ignored folders such as out/)")
         return value
 
-    return _with_model_paths(settings, fix)
+    return with_model_paths(settings, fix)
 
 
 def save_index_settings(root: str | Path, settings: Settings) -> None:
@@ -261,7 +262,7 @@ def load_index_settings(root: str | Path) -> Settings:
             f"{root} was indexed with {section}.{name} {value}, which is not there any more: put it back, or pass "
             "--config with settings naming where it is now (its weights are checked against the index)")
 
-    return _with_model_paths(settings, find)
+    return with_model_paths(settings, find)
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -294,4 +295,5 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
 
 __all__ = ["INDEX_SETTINGS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
            "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_index_settings",
-           "load_settings", "resolve_model_paths", "save_index_settings", "settings_error"]
+           "load_settings", "resolve_model_paths", "save_index_settings", "settings_error",
+           "with_model_paths"]
