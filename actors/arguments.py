@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from indexer.settings import Settings
+    from indexer.store.root import IndexRoot
 
 
 def add_ingest_arguments(parser: argparse.ArgumentParser, sources: str = "+") -> None:
@@ -37,16 +38,14 @@ def show_progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, root: IndexRoot) -> Settings:
     """--config (default: the settings the index was built with), with --fps over reader.fps."""
-    from pathlib import Path
-
     from pydantic import ValidationError
 
-    from indexer.settings import INDEX_SETTINGS, load_index_settings, load_settings, settings_error
+    from indexer.settings import load_settings, settings_error
 
-    if args.config is None and (Path(args.index).expanduser() / INDEX_SETTINGS).is_file():
-        settings = load_index_settings(Path(args.index).expanduser())
+    if args.config is None and root.has_settings():
+        settings = root.load_settings()
     else:
         settings = load_settings(args.config or "configs/default.yaml")
     if args.fps is not None:

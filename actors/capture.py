@@ -4,21 +4,19 @@ process (indexer/media/capture_process.py); `feeds_reader` decides which readers
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from indexer.media.capture_process import (
     CaptureProcess,
     CaptureRequest,
     RemoteCapture,
     RingSettings,
 )
-from indexer.media.ring import ring_dir
 from indexer.media.source import Source, SourceError
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest
+from indexer.store.root import IndexRoot
 
 
-def start_captures(sources: list[Source], root: Path, settings: Settings,
+def start_captures(sources: list[Source], root: IndexRoot, settings: Settings,
                    manifest: Manifest | None) -> CaptureProcess | None:
     """A capture per source that may be live, started now in a child process (None: no such
     source), resuming where the index's manifest says the stream was committed; the stream's
@@ -30,7 +28,7 @@ def start_captures(sources: list[Source], root: Path, settings: Settings,
         entry = manifest.streams.get(source.stream_id) if manifest else None
         ring = None
         if settings.monitor.ring_s > 0:
-            ring = RingSettings(str(ring_dir(root, source.stream_id)), settings.monitor.ring_s,
+            ring = RingSettings(str(root.ring_dir(source.stream_id)), settings.monitor.ring_s,
                                 settings.monitor.ring_segment_s)
         requests.append(CaptureRequest(source, settings.reader, entry.next_index if entry else 0,
                                        entry.watermark_s if entry else None, ring))

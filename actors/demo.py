@@ -22,6 +22,7 @@ def run_demo(out: str | Path, say=print) -> int:
     from actors.ingest import run_ingest
     from indexer.query.engine import QueryEngine
     from indexer.settings import load_settings
+    from indexer.store.root import IndexRoot
 
     started = time.monotonic()
     out = Path(out).expanduser().resolve()
@@ -29,6 +30,7 @@ def run_demo(out: str | Path, say=print) -> int:
     for stale in (index, moments):
         shutil.rmtree(stale, ignore_errors=True)
     moments.mkdir(parents=True)
+    root = IndexRoot.at(index)
     tiny = write_tiny(out / "tiny")
     say(f"demo in {out} (tiny random models, generated clip; made in {time.monotonic() - started:.0f} s)")
     for line in tiny.lines():
@@ -37,7 +39,7 @@ def run_demo(out: str | Path, say=print) -> int:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     try:
-        summary = run_ingest([f"demo={tiny.sample}"], index, load_settings(tiny.settings), progress=False)
+        summary = run_ingest([f"demo={tiny.sample}"], root, load_settings(tiny.settings), progress=False)
     finally:
         ray.shutdown()
     if summary.failed:
@@ -46,7 +48,7 @@ def run_demo(out: str | Path, say=print) -> int:
     frames = sum(s.frames_sent for s in summary.streams)
     say(f"\ningested on Ray: {frames} frames (1 a second) in {summary.wall_s:.1f} s -> {index}")
 
-    engine = QueryEngine.open(index)
+    engine = QueryEngine.open(root)
     try:
         def thumbnail(frame_id: int, pts_s: float) -> Path:
             path = moments / f"demo-{pts_s:05.1f}s.jpg"

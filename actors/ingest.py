@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
@@ -32,9 +31,10 @@ from indexer.console import plural
 from indexer.media.capture_process import RemoteCapture
 from indexer.media.source import Source, check_stream_id, parse_source
 from indexer.preflight import IngestPlan, check_models, plan_ingest
-from indexer.settings import Settings, resolve_model_paths, save_index_settings
+from indexer.settings import Settings, resolve_model_paths
 from indexer.store.manifest import read_manifest
 from indexer.store.repair import check_index
+from indexer.store.root import IndexRoot
 
 if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
     from actors.reader import StreamSummary
@@ -80,9 +80,9 @@ class IngestSummary:
         return self.committed.get(stream.stream_id, stream.frames_sent)
 
 
-def run_ingest(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
+def run_ingest(sources: list[str], root: IndexRoot, settings: Settings, address: str | None = None,
                progress: bool = True) -> IngestSummary:
-    """Index `sources` into `index`; returns when every source has ended (or on Ctrl-C/SIGTERM,
+    """Index `sources` into `root`; returns when every source has ended (or on Ctrl-C/SIGTERM,
     after committing). Live sources are read from the first second, while Ray and the models
     start (actors/feed.py)."""
     started = time.monotonic()
@@ -90,7 +90,6 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     ids = [check_stream_id(s.stream_id) for s in parsed]
     if len(set(ids)) != len(ids):
         raise ValueError(f"two sources share a stream id: {sorted(ids)}; name them (NAME=URI)")
-    root = Path(index).expanduser().resolve()
     for damage in check_index(root):  # before Ray: never append to a damaged index
         raise damage
     plan = plan_ingest(parsed, root, settings.reader.fps)  # before Ray: a locked root, another fps, nothing to do
@@ -116,7 +115,7 @@ def run_ingest(sources: list[str], index: str | Path, settings: Settings, addres
     return summary
 
 
-def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config: dict,
+def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, config: dict,
                    captures: dict[str, RemoteCapture], address: str | None, progress: bool,
                    plan: IngestPlan) -> IngestSummary:
     """Every actor is created at once, so worker processes start while the encoders load their
@@ -141,18 +140,18 @@ def _ingest_on_ray(parsed: list[Source], root: Path, settings: Settings, config:
     # the first call to each actor is not retried: a constructor that raised (a model that does not
     # load, a locked root) ends the ingest with its error, without Ray's "will be retried" notices
     layout = encoders[0].layout.options(max_task_retries=0).remote()  # the writer asks for it too (by name)
-    writer = WriterActor.options(name=writer_name).remote(str(root), encoder_names[0], settings.index.commit_interval_s,
+    writer = WriterActor.options(name=writer_name).remote(root, encoder_names[0], settings.index.commit_interval_s,
                                                        settings.index.max_vector_shards, settings.search)
     fed = {s.stream_id: feeds_reader(captures.get(s.stream_id)) for s in parsed}
     readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
-               .remote(s, config, encoder_names, writer_name, str(root), fed=fed[s.stream_id]) for s in parsed]
+               .remote(s, config, encoder_names, writer_name, root, fed=fed[s.stream_id]) for s in parsed]
     feeders = [Feeder(captures[s.stream_id], reader).start() for s, reader in zip(parsed, readers) if fed[s.stream_id]]
     summary = IngestSummary(str(root))
     bars = _ProgressBars(parsed, enabled=progress)
     try:
         ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
         ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
-        save_index_settings(root, settings)
+        root.save_settings(settings)
         runs = {reader.run.remote(): reader for reader in readers}
         stop = _StopRequest()
         pending = list(runs)
@@ -247,8 +246,9 @@ class _ProgressBars:
 
 
 def ingest_from_args(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    summary = run_ingest(args.sources, args.index, settings, address=args.address, progress=show_progress(args))
+    root = IndexRoot.at(args.index)
+    settings = settings_from_args(args, root)
+    summary = run_ingest(args.sources, root, settings, address=args.address, progress=show_progress(args))
     print("\n".join(summary.lines()), flush=True)  # before `ray job stop` SIGKILLs a slow exit
     return 1 if summary.failed else 0
 

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from actors.arguments import (
     add_monitor_arguments,
@@ -29,21 +28,21 @@ from indexer.monitor.alerts import Alert
 from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore
 from indexer.settings import Settings
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 DRAIN_S = 20.0   # at exit: how long to wait for clips being cut and webhooks being delivered
 
 
-def run_monitor(sources: list[str], index: str | Path, settings: Settings, address: str | None = None,
+def run_monitor(sources: list[str], root: IndexRoot, settings: Settings, address: str | None = None,
                 progress: bool = False, on_alert: Callable[[Alert], None] | None = None,
                 stop: threading.Event | None = None, stats: dict | None = None) -> IngestSummary | None:
-    """Ingest `sources` into `index` while its standing queries run; returns when ingestion ends
+    """Ingest `sources` into `root` while its standing queries run; returns when ingestion ends
     (no sources: when `stop` is set, or on SIGINT/SIGTERM). `stats` receives the monitor's counts
     (frames evaluated, candidates past the prefilter, windows verified)."""
-    root = Path(index).expanduser().resolve()
-    if not sources and not (root / "manifest.json").exists():
+    if not sources and not root.manifest.exists():
         raise FileNotFoundError(f"{root}: no index here; give sources to ingest, or run vidx ingest first")
-    root.mkdir(parents=True, exist_ok=True)
+    root.create()
     if not QueryStore(root).load():
         logger.warning("%s has no standing queries yet; add some with `vidx watch add` (they are picked up live)",
                        root)
@@ -96,7 +95,8 @@ def monitor_from_args(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    settings = settings_from_args(args)
+    root = IndexRoot.at(args.index)
+    settings = settings_from_args(args, root)
     summaries = sys.stderr if args.json else sys.stdout  # --json: stdout is JSON lines only
 
     def show(alert: Alert) -> None:
@@ -105,7 +105,7 @@ def monitor_from_args(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     stats: dict = {}
-    summary = run_monitor(args.sources, args.index, settings, address=args.address, progress=show_progress(args),
+    summary = run_monitor(args.sources, root, settings, address=args.address, progress=show_progress(args),
                           on_alert=show, stats=stats)
     if summary is not None:
         print("\n".join(summary.lines()), file=summaries, flush=True)

@@ -28,9 +28,9 @@ from indexer.batches import FrameBatch
 from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
 from indexer.media.ring import SegmentRing
 from indexer.media.source import Source, SourceError, redact_uri
-from indexer.monitor.monitor import ring_dir
 from indexer.settings import Settings
 from indexer.store.manifest import Liveness
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 LIVENESS_REPORT_S = 1.0   # well under monitor.signal_lost_after_s, whose alert waits for the next report
@@ -69,7 +69,7 @@ class _Sent:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=3)  # run, stop, feed
 class ReaderActor:
-    def __init__(self, source: Source, settings: dict, encoders: list[str], writer: str, root: str,
+    def __init__(self, source: Source, settings: dict, encoders: list[str], writer: str, root: IndexRoot,
                  fed: bool = False):
         """`encoders`, `writer`: actor names (handles would travel through the object store). `fed`:
         the driver reads the source and pushes its samples to `feed`."""
@@ -164,7 +164,7 @@ class ReaderActor:
             return self._fed
         ring = None
         if self.source.maybe_live and self.settings.monitor.ring_s > 0:
-            ring = SegmentRing(ring_dir(self.root, self.source.stream_id), keep_s=self.settings.monitor.ring_s,
+            ring = SegmentRing(self.root.ring_dir(self.source.stream_id), keep_s=self.settings.monitor.ring_s,
                                segment_s=self.settings.monitor.ring_segment_s)
         self._source_reader = SourceReader(self.source, self.settings.reader, stop=self._stop, ring=ring)
         return self._source_reader

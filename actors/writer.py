@@ -17,6 +17,7 @@ from indexer.media.reader import SourceInfo
 from indexer.settings import SearchSettings
 from indexer.store import AppendResult, IndexWriter, Layout, StreamEntry
 from indexer.store.manifest import Liveness
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 MIN_TIMER_WAIT_S = 0.05   # the timer never spins, even when a commit takes longer than the interval
@@ -24,7 +25,7 @@ MIN_TIMER_WAIT_S = 0.05   # the timer never spins, even when a commit takes long
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
 class WriterActor:
-    def __init__(self, root: str, encoder: str, commit_interval_s: float, max_vector_shards: int,
+    def __init__(self, root: IndexRoot, encoder: str, commit_interval_s: float, max_vector_shards: int,
                  search: SearchSettings):
         """`encoder`: the name of an encoder actor, whose model's layout the index gets (asked here,
         not passed as an object reference: Ray warns that a restart may lose such arguments)."""

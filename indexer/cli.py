@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexer.store.root import IndexRoot
 
 logger = logging.getLogger("indexer")
 
@@ -12,10 +16,12 @@ logger = logging.getLogger("indexer")
 def _cmd_info(args: argparse.Namespace) -> int:
     from indexer.store.info import describe_index, is_index_root
     from indexer.store.repair import check_index
+    from indexer.store.root import IndexRoot
 
-    if is_index_root(args.model):
-        damage = check_index(args.model, full=args.verify)
-        print("\n".join(describe_index(args.model)))
+    root = IndexRoot.at(args.model)
+    if is_index_root(root):
+        damage = check_index(root, full=args.verify)
+        print("\n".join(describe_index(root)))
         for exc in damage:
             print(f"DAMAGED {exc.file}: {exc.reason}")
         if damage:
@@ -34,8 +40,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_repair(args: argparse.Namespace) -> int:
     from indexer.store.repair import repair_index
+    from indexer.store.root import IndexRoot
 
-    print("\n".join(repair_index(args.index)))
+    print("\n".join(repair_index(IndexRoot.at(args.index))))
     return 0
 
 
@@ -76,16 +83,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _check_index(index: str) -> None:
+def _check_index(root: IndexRoot, given: str) -> None:
     """An index root is there (checked before the models load)."""
     from indexer.stream_ids import index_stream_ids
 
-    if index_stream_ids(index) is None:
-        raise FileNotFoundError(f"{index}: no index here (no manifest.json); make one with "
-                                f"vidx ingest SOURCE --index {index}")
+    if index_stream_ids(root) is None:
+        raise FileNotFoundError(f"{given}: no index here (no {root.manifest.name}); make one with "
+                                f"vidx ingest SOURCE --index {given}")
 
 
-def _check_ask(args: argparse.Namespace) -> list[str] | None:
+def _check_ask(args: argparse.Namespace, root: IndexRoot) -> list[str] | None:
     """Bad arguments of `vidx ask`, found before torch and the models load (they take seconds);
     returns the --stream ids in full."""
     from pathlib import Path
@@ -94,25 +101,28 @@ def _check_ask(args: argparse.Namespace) -> list[str] | None:
 
     if not args.question.strip():
         raise ValueError('the question is empty; ask one, e.g. vidx ask INDEX "what happens at the door?"')
-    _check_index(args.index)
+    _check_index(root, args.index)
     if args.start is not None and args.end is not None and args.start > args.end:
         raise ValueError(f"--from {args.start:g} s is after --to {args.end:g} s")
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
-    return resolve_stream_ids(args.stream, args.index) if args.stream else None
+    return resolve_stream_ids(args.stream, root) if args.stream else None
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     import json
 
-    streams = _check_ask(args)
+    from indexer.store.root import IndexRoot
+
+    root = IndexRoot.at(args.index)
+    streams = _check_ask(args, root)
 
     from indexer.query.engine import QueryEngine
     from indexer.query.prompt import clock
     from indexer.query.search import SearchFilter
     from indexer.settings import load_settings
 
-    engine = QueryEngine.open(args.index, load_settings(args.config) if args.config else None)
+    engine = QueryEngine.open(root, load_settings(args.config) if args.config else None)
     where = SearchFilter(tuple(streams) if streams else None, args.start, args.end)
     answer = engine.ask(args.question, where, k=args.k)
     if args.json:
@@ -153,26 +163,26 @@ def _add_export_llm(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from indexer.media.source import redact_uri
-    from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, Webhook, check_webhook_address
+    from indexer.monitor.queries import QueryStore, StandingQuery, Webhook, check_webhook_address
     from indexer.monitor.webhooks import delivery_states, read_deliveries
+    from indexer.store.root import IndexRoot
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
-    root = Path(args.index).expanduser()
+    root = IndexRoot.at(args.index)
     kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
     if args.action == "add" and (kind == "condition") == (args.condition is None):
         raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
     for url in (args.webhook or []) if args.action == "add" else []:
         check_webhook_address(url, allow_private=args.allow_private)
     if args.action == "add":  # queries may come first: `vidx monitor` ingests into the folder later
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
+        root.create()
+    if not root.exists():
         raise FileNotFoundError(f"{root}: no such index folder (vidx watch add, vidx ingest or vidx monitor "
                                 "creates it)")
     store = QueryStore(root)
-    deliveries = [] if args.action == "add" else read_deliveries(root / MONITOR_DIR / "outbox")
+    deliveries = [] if args.action == "add" else read_deliveries(root.outbox)
     if args.action == "add":
         secret = {"secret": args.secret} if args.secret else {}
         known = index_stream_ids(root) or []  # a stream not there yet is watched when it comes
@@ -237,8 +247,8 @@ def _webhook_text(url: str, deliveries: list) -> str:
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
     watch = sub.add_parser("watch", help="standing queries of an index: add, list, pause, resume, rm; and its alerts",
-                           description="Standing queries live in INDEX/monitor/queries.json; a running vidx monitor "
-                                       "picks up changes within a poll.")
+                           description="Standing queries live in the index's monitor folder; a running vidx "
+                                       "monitor picks up changes within a poll.")
     actions = watch.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="a natural-language condition, or a model-free --rule")
     add.add_argument("index", help="index root (created if missing: add queries before the first vidx monitor)")
@@ -285,8 +295,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from indexer.server import serve
     from indexer.settings import load_settings
+    from indexer.store.root import IndexRoot
 
-    serve(args.index, load_settings(args.config) if args.config else None, host=args.host, port=args.port,
+    serve(IndexRoot.at(args.index), load_settings(args.config) if args.config else None, host=args.host, port=args.port,
           token=args.token or os.environ.get("VIDX_TOKEN") or None, media_roots=args.media_root,
           access_log=args.verbose)
     return 0

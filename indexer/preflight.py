@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from indexer.media.source import Source
     from indexer.settings import Settings
     from indexer.store.manifest import StreamEntry
+    from indexer.store.root import IndexRoot
 
 TINY_REMEDY = ("for a first try, make the tiny random models with `vidx tiny out/tiny` and pass --config "
                "configs/tiny.yaml; for real ones see README.md, 'Using a real checkpoint' (what to download)")
@@ -117,7 +118,7 @@ class IngestPlan:
         return not self.todo
 
 
-def plan_ingest(sources: list[Source], root: Path, fps: float) -> IngestPlan:
+def plan_ingest(sources: list[Source], root: IndexRoot, fps: float) -> IngestPlan:
     """Fails on a root that another process writes, or a source that the index holds at another
     fps or under another URI (the writer checks the same again)."""
     from indexer.media.source import redact_uri
@@ -139,12 +140,10 @@ def plan_ingest(sources: list[Source], root: Path, fps: float) -> IngestPlan:
     return plan
 
 
-def check_unlocked(root: Path) -> None:
+def check_unlocked(root: IndexRoot) -> None:
     """No other process holds the index root's writer lock (taken and released at once)."""
-    from indexer.store.writer import acquire_lock, release_lock
-
-    if root.is_dir():
-        release_lock(acquire_lock(root))
+    if root.exists():
+        root.lock_writer().release()
 
 
 def bind_port(host: str, port: int) -> socket.socket:

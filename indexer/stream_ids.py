@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
-MANIFEST = "manifest.json"  # indexer.store.manifest.MANIFEST (not imported: that package loads FAISS)
+from indexer.store.root import IndexRoot  # indexer.store.manifest is not imported: that package loads FAISS
 
 
-def index_stream_ids(root: str | Path) -> list[str] | None:
+def index_stream_ids(root: IndexRoot) -> list[str] | None:
     """The stream ids an index root holds; None when it has no manifest yet."""
-    path = Path(root) / MANIFEST
+    path = root.manifest
     try:
         return sorted(json.loads(path.read_text()).get("streams", {}))
     except FileNotFoundError:
@@ -34,7 +33,7 @@ def match_stream_id(given: str, known: Iterable[str]) -> str | None:
     return candidates[0] if candidates else None
 
 
-def resolve_stream_ids(given: list[str], root: str | Path) -> list[str]:
+def resolve_stream_ids(given: list[str], root: IndexRoot) -> list[str]:
     """Each of `given` as the full id of a stream of the index at `root`; an unknown one is an
     error that lists the streams there."""
     known = index_stream_ids(root) or []

@@ -1,4 +1,4 @@
-"""Alerts as Parquet rows under `<index>/monitor/alerts/`, one file per monitor commit.
+"""Alerts as Parquet rows under `IndexRoot.alerts_dir`, one file per monitor commit.
 
 An alert has two rows: "open" when its event is confirmed (the moment to tell someone), "closed"
 when the event has ended and its clip is cut. Readers take the latest row per alert id. Only the
@@ -7,19 +7,15 @@ files that the monitor state (state.json) lists are committed; anything else is 
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from indexer.monitor.queries import MONITOR_DIR
 from indexer.monitor.state import MonitorState, read_state
 from indexer.store.files import write_atomic
-
-ALERTS_DIR = "alerts"
+from indexer.store.root import IndexRoot
 
 
 @dataclass
@@ -61,23 +57,19 @@ SCHEMA = pa.schema([
 assert SCHEMA.names == [f.name for f in fields(Alert)]
 
 
-def alerts_file(generation: int) -> str:
-    return f"{ALERTS_DIR}/alerts-{generation:08d}.parquet"
-
-
-def write_alerts(monitor_dir: Path, generation: int, alerts: list[Alert]) -> str:
-    """One commit's alert rows; returns the file name relative to monitor_dir."""
-    name = alerts_file(generation)
+def write_alerts(root: IndexRoot, generation: int, alerts: list[Alert]) -> str:
+    """One commit's alert rows; returns the file name relative to the monitor folder (as state.json lists it)."""
+    name = IndexRoot.alerts_file(generation)
     table = pa.Table.from_pylist([asdict(a) for a in alerts], schema=SCHEMA)
-    write_atomic(monitor_dir / name, lambda f: pq.write_table(table, f, compression="zstd"))
+    write_atomic(root.monitor_dir / name, lambda f: pq.write_table(table, f, compression="zstd"))
     return name
 
 
 class AlertLog:
     """A read-only view of the committed alerts."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: IndexRoot):
+        self.root = root
         self.state: MonitorState = read_state(self.root)
 
     @property
@@ -90,7 +82,7 @@ class AlertLog:
         files = [(gen, f) for gen, f in self.state.alert_files if gen > after_generation]
         if not files:
             return []
-        monitor_dir = self.root / MONITOR_DIR
+        monitor_dir = self.root.monitor_dir
         dataset = ds.dataset([str(monitor_dir / f) for _, f in files], schema=SCHEMA, format="parquet")
         # one scan of every file; __fragment_index: the row's file, by its place in the list
         table = dataset.to_table(columns=[*SCHEMA.names, "__fragment_index"])
@@ -120,4 +112,4 @@ class AlertLog:
         return found[-1]
 
 
-__all__ = ["ALERTS_DIR", "SCHEMA", "Alert", "AlertLog", "alerts_file", "write_alerts"]
+__all__ = ["SCHEMA", "Alert", "AlertLog", "write_alerts"]

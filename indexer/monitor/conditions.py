@@ -15,7 +15,6 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -24,6 +23,7 @@ from indexer.monitor.frames import Frames
 
 if TYPE_CHECKING:
     from indexer.settings import Settings
+    from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class ModelEvaluator:
     """The retrieval embedding as prefilter, LLaMA-VID over the index's stored features as verifier.
     Models load on first use: a monitor with only model-free rules never loads them."""
 
-    def __init__(self, root: str | Path, settings: Settings):
-        self.root = Path(root)
+    def __init__(self, root: IndexRoot, settings: Settings):
+        self.root = root
         self.settings = settings
         self._lock = threading.Lock()
         self._engine = None
@@ -99,7 +99,7 @@ class ModelEvaluator:
             self._engine.close()
 
 
-def load_evaluator(spec: str, root: str | Path, settings: Settings) -> ConditionEvaluator:
+def load_evaluator(spec: str, root: IndexRoot, settings: Settings) -> ConditionEvaluator:
     """`monitor.evaluator`: "model", or "package.module:factory" called as factory(root=, settings=)."""
     if spec == "model":
         return ModelEvaluator(root, settings)

@@ -8,11 +8,9 @@ runs the lanes side by side and commits each lane's state with the alerts that l
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +33,7 @@ from indexer.monitor.queries import RULES, StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, StreamCursor
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest, StreamEntry
+from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline
 
 LANES = {"rules": RULES, "conditions": ("condition",)}
@@ -50,10 +49,10 @@ class LaneStep:
 
 
 class Lane:
-    def __init__(self, name: str, root: str | os.PathLike, settings: Settings, committed: LaneState,
+    def __init__(self, name: str, root: IndexRoot, settings: Settings, committed: LaneState,
                  evaluator: Callable[[], ConditionEvaluator], stats: dict[str, int]):
         self.name, self.kinds = name, LANES[name]
-        self.root = Path(root)
+        self.root = root
         self.settings = settings
         self.committed = committed                       # as the last monitor commit wrote it
         self.state = committed.model_copy(deep=True)     # as evaluated since

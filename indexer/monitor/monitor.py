@@ -1,6 +1,6 @@
 """`Monitor`: standing queries evaluated on every commit of an index that ingestion is writing.
 
-    monitor = Monitor(root, settings, on_alert=print)
+    monitor = Monitor(IndexRoot.at(path), settings, on_alert=print)
     monitor.run(stop)          # or monitor.poll() step by step
 
 The queries are evaluated in lanes (lanes.py): the model-free rules in one, the natural-language
@@ -15,9 +15,7 @@ the index: it runs beside the writer, in any process."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,34 +23,28 @@ from pathlib import Path
 from typing import Self
 
 from indexer.media.clips import cut_clip
-from indexer.media.ring import ring_dir, ring_segments  # ring_dir: re-exported
+from indexer.media.ring import ring_segments
 from indexer.monitor.alerts import Alert, AlertLog, write_alerts
 from indexer.monitor.conditions import ConditionEvaluator, load_evaluator
 from indexer.monitor.lanes import LANES, Lane
-from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
+from indexer.monitor.queries import QueryStore, StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, read_state, write_state
 from indexer.monitor.webhooks import WebhookSender
 from indexer.settings import Settings
 from indexer.store.credentials import source_uri
 from indexer.store.manifest import Manifest, StreamEntry, read_manifest
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
-CLIPS_DIR = "clips"   # <root>/monitor/clips/: the alert clips, the only files the HTTP API serves as clips
-
-
-def clip_path(root: Path, alert: str) -> Path:
-    return root / MONITOR_DIR / CLIPS_DIR / f"{alert}.mp4"
 
 
 class Monitor:
-    def __init__(self, root: str | os.PathLike, settings: Settings, *, evaluator: ConditionEvaluator | None = None,
+    def __init__(self, root: IndexRoot, settings: Settings, *, evaluator: ConditionEvaluator | None = None,
                  on_alert: Callable[[Alert], None] | None = None):
-        self.root = Path(root).expanduser().resolve()
-        self.dir = self.root / MONITOR_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.root = root
         self.settings = settings
         self.on_alert = on_alert
-        self._lock_fd = _lock(self.dir / "monitor.lock")
+        self._lock = root.lock_monitor()
         self._evaluator = evaluator
         self._evaluator_lock = threading.Lock()
         self.queries = QueryStore(self.root)
@@ -63,11 +55,11 @@ class Monitor:
         # natural-language conditions: frames evaluated, frames past the prefilter, windows verified
         self.stats = {"frames": 0, "candidates": 0, "verifications": 0}
         self.state = read_state(self.root)
-        self._remove_uncommitted()
+        self.root.remove_uncommitted_alerts({name for _, name in self.state.alert_files})  # a crashed commit's
         self.lanes = [Lane(name, self.root, settings, self.state.lanes.get(name, LaneState()),
                            lambda: self.evaluator, self.stats) for name in LANES]
         hooks = settings.monitor.webhooks
-        self.sender = WebhookSender(self.dir / "outbox", timeout_s=hooks.timeout_s, max_attempts=hooks.max_attempts,
+        self.sender = WebhookSender(self.root.outbox, timeout_s=hooks.timeout_s, max_attempts=hooks.max_attempts,
                                     backoff_initial_s=hooks.backoff_initial_s, backoff_max_s=hooks.backoff_max_s,
                                     concurrency=hooks.concurrency)
         self.sender.start()
@@ -111,7 +103,7 @@ class Monitor:
         self.sender.stop()
         if self._evaluator is not None and hasattr(self._evaluator, "close"):
             self._evaluator.close()
-        os.close(self._lock_fd)
+        self._lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -145,7 +137,7 @@ class Monitor:
         ready = []
         for pending in list(self.state.pending):   # the cheap check first: a live ring covers the post-roll
             entry = manifest.streams.get(pending.stream_id) if manifest else None
-            ring = ring_dir(self.root, pending.stream_id)
+            ring = self.root.ring_dir(pending.stream_id)
             covered = entry is None or not entry.live or _ring_covers(ring, pending.end_s + m.post_roll_s)
             if covered or time.time() >= pending.deadline:
                 ready.append(pending)
@@ -163,12 +155,12 @@ class Monitor:
                               "wall_end": pending.wall_end, "raised_at": time.time()})
             if opened.kind != "signal_lost" and entry is not None:
                 start, end = opened.start_s - m.pre_roll_s, pending.end_s + m.post_roll_s
-                self._attach_clip(closed, entry, ring_dir(self.root, pending.stream_id), max(0.0, start), end)
+                self._attach_clip(closed, entry, self.root.ring_dir(pending.stream_id), max(0.0, start), end)
             rows.append(closed)
         return rows, {p.alert_id for p in ready}
 
     def _attach_clip(self, alert: Alert, entry: StreamEntry, ring: Path, start_s: float, end_s: float) -> None:
-        out = clip_path(self.root, alert.alert_id)
+        out = self.root.clip_file(alert.alert_id)
         try:
             if entry.live:
                 clip = cut_clip(out, start_s, end_s, ring_dir=ring)
@@ -177,7 +169,7 @@ class Monitor:
         except (ValueError, OSError) as exc:
             logger.warning("alert %s: no clip: %s", alert.alert_id, exc)
             return
-        alert.clip = out.relative_to(self.root).as_posix()
+        alert.clip = out.relative_to(self.root.path).as_posix()
         alert.clip_start_s, alert.clip_end_s, alert.clip_covered = clip.start_s, clip.end_s, clip.covered
 
     def _commit(self, rows: list[Alert], lane: Lane, closes: list[PendingClose], finished: Iterable[str]) -> None:
@@ -188,7 +180,7 @@ class Monitor:
             generation = old.generation + 1
             alert_files = list(old.alert_files)
             if rows:
-                alert_files.append((generation, write_alerts(self.dir, generation, rows)))
+                alert_files.append((generation, write_alerts(self.root, generation, rows)))
             snapshot = lane.state.model_copy(deep=True)
             finished = set(finished)
             state = old.model_copy(update={
@@ -228,28 +220,10 @@ class Monitor:
                 self._queries, self._queries_version = self.queries.load(), version
             return self._queries
 
-    def _remove_uncommitted(self) -> None:
-        """Alert files a crashed commit wrote but never listed, and half-written temporaries."""
-        keep = {name for _, name in self.state.alert_files}
-        folder = self.dir / "alerts"
-        for path in folder.iterdir() if folder.exists() else []:
-            if path.relative_to(self.dir).as_posix() not in keep:
-                path.unlink()
-
 
 def _ring_covers(ring: Path, end_s: float) -> bool:
     segments = ring_segments(ring) if ring.exists() else []
     return bool(segments) and segments[-1].media_end_s >= end_s
 
 
-def _lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RuntimeError(f"another monitor is running on {path.parent.parent} (lock {path})") from None
-    return fd
-
-
-__all__ = ["CLIPS_DIR", "Monitor", "clip_path", "ring_dir"]
+__all__ = ["Monitor"]

@@ -1,20 +1,17 @@
 """Standing queries: what to watch for, on which streams, and where alerts go. They live in
-`<index>/monitor/queries.json` (mode 0600: it holds webhook secrets) and may be changed while a
+`IndexRoot.queries` (mode 0600: it holds webhook secrets) and may be changed while a
 monitor runs; the monitor re-reads the file when it changes."""
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
-import os
 import re
 import secrets
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -29,9 +26,8 @@ from pydantic import (
 
 from indexer.media.source import redact_uri
 from indexer.store.files import write_atomic
+from indexer.store.root import IndexRoot
 
-MONITOR_DIR = "monitor"
-QUERIES_FILE = "queries.json"
 RULES = ("black", "frozen", "signal_lost")   # model-free conditions
 # a single black or frozen frame is a cut or a still shot, not an outage
 RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
@@ -140,13 +136,12 @@ class StandingQuery(BaseModel):
 
 
 class QueryStore:
-    """Read-modify-write of queries.json under an flock, so `vidx watch` and the HTTP API can
-    change it while a monitor reads it."""
+    """Read-modify-write of the standing queries under the root's queries lock, so `vidx watch` and
+    the HTTP API can change them while a monitor reads them."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.dir = self.root / MONITOR_DIR
-        self.path = self.dir / QUERIES_FILE
+    def __init__(self, root: IndexRoot):
+        self.root = root
+        self.path = root.queries
 
     def load(self) -> list[StandingQuery]:
         if not self.path.exists():
@@ -199,16 +194,14 @@ class QueryStore:
 
     @contextmanager
     def _locked(self) -> Iterator[list[StandingQuery]]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "queries.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.root.queries_locked():
             queries = self.load()
             yield queries
             data = json.dumps({"queries": [q.model_dump(mode="json") for q in queries]}, indent=1).encode()
             write_atomic(self.path, lambda f: f.write(data), mode=0o600)
 
 
-def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQuery:
+def _find(queries: list[StandingQuery], query_id: str, root: IndexRoot) -> StandingQuery:
     for query in queries:
         if query.id == query_id:
             return query
@@ -216,7 +209,6 @@ def _find(queries: list[StandingQuery], query_id: str, root: Path) -> StandingQu
 
 
 __all__ = [
-    "MONITOR_DIR",
     "QUERY_ID",
     "RULES",
     "RULE_MIN_DURATION_S",

@@ -1,4 +1,4 @@
-"""`monitor/state.json`: what the monitor has evaluated and raised. A monitor commit writes the
+"""The monitor state (`IndexRoot.monitor_state`): what the monitor has evaluated and raised. A monitor commit writes the
 new alert rows first and then replaces this file: it is the one place that says which alert files
 count, how far each lane evaluated each stream, and every open event, so a restart resumes
 exactly here."""
@@ -6,15 +6,12 @@ exactly here."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
 from indexer.monitor.events import TrackerState
-from indexer.monitor.queries import MONITOR_DIR
 from indexer.store.files import write_atomic_json
-
-STATE_FILE = "state.json"
+from indexer.store.root import IndexRoot
 
 
 class StreamCursor(BaseModel):
@@ -47,8 +44,8 @@ class MonitorState(BaseModel):
     pending: list[PendingClose] = Field(default_factory=list)
 
 
-def read_state(root: Path) -> MonitorState:
-    path = root / MONITOR_DIR / STATE_FILE
+def read_state(root: IndexRoot) -> MonitorState:
+    path = root.monitor_state
     if not path.exists():
         return MonitorState()
     try:
@@ -57,8 +54,8 @@ def read_state(root: Path) -> MonitorState:
         raise ValueError(f"{path}: not a readable monitor state: {exc}") from exc
 
 
-def write_state(root: Path, state: MonitorState) -> None:
-    write_atomic_json(root / MONITOR_DIR / STATE_FILE, state.model_dump(mode="json"))
+def write_state(root: IndexRoot, state: MonitorState) -> None:
+    write_atomic_json(root.monitor_state, state.model_dump(mode="json"))
 
 
-__all__ = ["STATE_FILE", "LaneState", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]
+__all__ = ["LaneState", "MonitorState", "PendingClose", "StreamCursor", "read_state", "write_state"]

@@ -36,7 +36,6 @@ EVENT_HEADER = "X-Vidx-Event"
 DELIVERY_HEADER = "X-Vidx-Delivery"
 USER_AGENT = "llamavid-indexer-webhook"
 
-OUTBOX_NAME = "deliveries.jsonl"
 OUTBOX_MODE = 0o600  # the outbox holds the receivers' secrets
 STATES = ("pending", "delivered", "dead")
 DELIVERED_RETENTION_S = 7 * 24 * 3600.0  # how long a delivered id still dedupes a re-submit
@@ -157,7 +156,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        outbox_dir: Path,
+        outbox: Path,
         *,
         timeout_s: float = 5.0,
         max_attempts: int = 8,
@@ -179,9 +178,8 @@ class WebhookSender:
         self.backoff_max_s = backoff_max_s
         self.concurrency = concurrency
 
-        outbox_dir = Path(outbox_dir)
-        outbox_dir.mkdir(parents=True, exist_ok=True)
-        self._outbox = _Outbox(outbox_dir / OUTBOX_NAME)
+        outbox.parent.mkdir(parents=True, exist_ok=True)
+        self._outbox = _Outbox(outbox)
         self._deliveries = self._replay()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a delivery leaves "pending"
@@ -214,7 +212,7 @@ class WebhookSender:
     def start(self) -> None:
         """Start the background thread; pending deliveries in the outbox are (re)sent when due."""
         if self._thread is not None:
-            raise RuntimeError("WebhookSender.start() was already called; make a new sender on the same outbox_dir")
+            raise RuntimeError("WebhookSender.start() was already called; make a new sender on the same outbox")
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="webhooks", daemon=True)
         self._thread.start()
@@ -376,10 +374,10 @@ class WebhookSender:
                 self._changed.notify_all()
 
 
-def read_deliveries(outbox_dir: Path) -> list[Delivery]:
-    """The outbox's deliveries as its last lines say, oldest first, read without touching the file
-    (a running monitor may be appending)."""
-    deliveries, _ = _Outbox(Path(outbox_dir) / OUTBOX_NAME).load(repair=False)
+def read_deliveries(outbox: Path) -> list[Delivery]:
+    """The outbox's deliveries (`IndexRoot.outbox`) as its last lines say, oldest first, read without
+    touching the file (a running monitor may be appending)."""
+    deliveries, _ = _Outbox(outbox).load(repair=False)
     return sorted(deliveries.values(), key=lambda d: d.created_at)
 
 

@@ -1,6 +1,6 @@
 """`QueryEngine`: a question over an index root to an answer that cites its moments.
 
-    engine = QueryEngine.open("runs/idx")                 # settings: the index's ingest-config.yaml
+    engine = QueryEngine.open(IndexRoot.at("runs/idx"))   # settings: the ones saved in the index
     answer = engine.ask("when does the courier leave?", SearchFilter(streams=("cam1",)))
     hits = engine.search(text="a red van", k=10)          # or image=uint8 RGB [H, W, 3]
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,17 +35,18 @@ from indexer.query.prompt import (
 from indexer.query.rerank import combine_scores, context_relevance
 from indexer.query.search import FrameSearch, Hit, SearchFilter
 from indexer.query.spans import Span, merge_hits
-from indexer.settings import Settings, load_index_settings, resolve_model_paths
+from indexer.settings import Settings, resolve_model_paths
 from indexer.store.index import IndexReader
 from indexer.store.manifest import StreamEntry
+from indexer.store.root import IndexRoot
 
 FEATURE_CHUNK = 512  # frames whose features are in memory at once
 
 
 class QueryEngine:
-    def __init__(self, root: str | Path, model: LlamaVid, embedder: ImageTextEmbedder, llm: LLMBackend,
+    def __init__(self, root: IndexRoot, model: LlamaVid, embedder: ImageTextEmbedder, llm: LLMBackend,
                  settings: Settings):
-        self.root = Path(root)
+        self.root = root
         self.model = model
         self.embedder = embedder
         self.llm = llm
@@ -55,12 +55,11 @@ class QueryEngine:
         self.refresh(force=True)
 
     @classmethod
-    def open(cls, root: str | Path, settings: Settings | None = None) -> QueryEngine:
-        """Load the models `settings` name (default: the ones the index was built with, from its
-        ingest-config.yaml) and check they are the ones that made the index."""
-        root = Path(root)
+    def open(cls, root: IndexRoot, settings: Settings | None = None) -> QueryEngine:
+        """Load the models `settings` name (default: the ones the index was built with, saved in the
+        root) and check they are the ones that made the index."""
         index = IndexReader(root)
-        settings = load_index_settings(root) if settings is None else resolve_model_paths(settings)
+        settings = root.load_settings() if settings is None else resolve_model_paths(settings)
         m = settings.model
         model = LlamaVid.from_settings(m, parts=llm_parts(settings.llm))
         embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)

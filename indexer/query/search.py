@@ -1,7 +1,7 @@
 """`FrameSearch`: top-k frames for a query embedding (a text's or an image's), with stream and
 time filters applied inside FAISS.
 
-    search = FrameSearch(IndexReader("runs/archive"), settings.search)
+    search = FrameSearch(IndexReader(IndexRoot.at("runs/archive")), settings.search)
     hits = search.search(embedding, 10, SearchFilter(streams=("cam1",), start_s=60.0, end_s=120.0))
 
 Small indexes are searched exactly (the vectors of the commit shards, IDMap2 over FlatIP). Large

@@ -1,6 +1,6 @@
 """`create_app`: the HTTP API and the web page over a `QueryEngine`.
 
-    app = create_app(QueryEngine.open("runs/idx"), token=None)    # then uvicorn.run(app)
+    app = create_app(QueryEngine.open(IndexRoot.at("runs/idx")), token=None)    # then uvicorn.run(app)
 
 | route                                 | what                                                          |
 |---------------------------------------|---------------------------------------------------------------|
@@ -160,7 +160,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
     refresh_interval_s: how often questions pick up new index commits, and alert feeds look for
         new monitor commits (at most every 0.25 s).
     allow_private_webhooks: POST /api/watch may add webhooks to loopback and private addresses.
-    The monitor routes (`monitor_router`) read and change `<engine.root>/monitor/`.
+    The monitor routes (`monitor_router`) read and change the monitor folder of `engine.root`.
     """
     if token is not None and not token:
         raise ValueError("token is empty: pass None for no token")
@@ -252,7 +252,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
                                  307: {"description": "an http(s) source: its URL"}})
     api.add_api_route(media_path, media, methods=["HEAD"], include_in_schema=False)
 
-    api.include_router(monitor_router(Path(engine.root), refresh_interval_s, allow_private_webhooks,
+    api.include_router(monitor_router(engine.root, refresh_interval_s, allow_private_webhooks,
                                       body_errors=with_body))  # with the token check
     app.include_router(api)
     app.router.routes.append(PageFiles(STATIC_DIR))  # what app.mount("/", ...) does, leaving /api to the API

@@ -46,9 +46,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from indexer.monitor.alerts import Alert, AlertLog
-from indexer.monitor.monitor import CLIPS_DIR
 from indexer.monitor.queries import (
-    MONITOR_DIR,
     QueryStore,
     StandingQuery,
     check_webhook_address,
@@ -65,6 +63,7 @@ from indexer.server.schemas import (
     WatchRequest,
     finite,
 )
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,9 @@ KEEPALIVE_S = 15.0           # a comment line this often keeps proxies from clos
 MIN_FEED_POLL_S = 0.25       # the alert feed reads state.json at most this often (poll_s may be 0)
 
 
-def monitor_router(root: Path, poll_s: float, allow_private_webhooks: bool = False,
+def monitor_router(root: IndexRoot, poll_s: float, allow_private_webhooks: bool = False,
                    body_errors: dict[int | str, dict[str, Any]] | None = None) -> APIRouter:
-    """The routes over `<root>/monitor/` (what `vidx monitor` runs on), without a prefix: include it
+    """The routes over the root's monitor folder (what `vidx monitor` runs on), without a prefix: include it
     in the /api router, whose dependencies (the token check) and error responses it takes on.
 
     poll_s: how often alert feeds look for new monitor commits (at most every MIN_FEED_POLL_S).
@@ -174,8 +173,8 @@ def monitor_router(root: Path, poll_s: float, allow_private_webhooks: bool = Fal
                                                                   if found.status == "open" else ""))
         path = _clip_path(root, found.clip)
         if path is None:  # the row is data on disk: serve nothing outside the clips folder
-            raise KeyError(f"alert {alert_id!r}: its clip {found.clip!r} is outside {MONITOR_DIR}/{CLIPS_DIR}/ of the "
-                           "index, or reached through a symbolic link")
+            raise KeyError(f"alert {alert_id!r}: its clip {found.clip!r} is outside "
+                           f"{root.clips_dir.relative_to(root.path)}/ of the index, or reached through a symbolic link")
         if not path.is_file():
             raise KeyError(f"alert {alert_id!r}: its clip {found.clip} is no longer there")
         return FileResponse(path, media_type=VIDEO_TYPES.get(path.suffix.lower(), "application/octet-stream"))
@@ -188,13 +187,12 @@ def monitor_router(root: Path, poll_s: float, allow_private_webhooks: bool = Fal
     return api
 
 
-def _clip_path(root: Path, clip: str) -> Path | None:
+def _clip_path(root: IndexRoot, clip: str) -> Path | None:
     """Where an alert row's clip (a path relative to the index root) is, when it names a file in
-    the root's real monitor/clips/ folder, reached through no symbolic link (a clips folder linked
-    out of the root is refused); else None."""
-    real_root = root.resolve()
-    clips = real_root / MONITOR_DIR / CLIPS_DIR
-    path = Path(os.path.normpath(real_root / clip))
+    the root's clips folder, reached through no symbolic link (a clips folder linked out of the
+    root is refused); else None. The root's path is real (IndexRoot.at resolved it)."""
+    path = Path(os.path.normpath(root / clip))
+    clips = root.clips_dir
     if not path.is_relative_to(clips) or path.resolve() != path:  # `..` out, or a link on the way
         return None
     return path
@@ -231,13 +229,13 @@ def _alert_model(alert: Alert, request: Request) -> AlertModel:
         "clip_url": f"{base}/clip" if alert.clip is not None else None})
 
 
-def _commits_after(root: Path, after: int) -> tuple[int, list[tuple[int, list[Alert]]]]:
+def _commits_after(root: IndexRoot, after: int) -> tuple[int, list[tuple[int, list[Alert]]]]:
     """The monitor's generation and the alert rows of each later commit, oldest first."""
     log = AlertLog(root)
     return log.generation, log.commits(after)
 
 
-async def _alert_events(request: Request, root: Path, after: int, poll_s: float,
+async def _alert_events(request: Request, root: IndexRoot, after: int, poll_s: float,
                         closing: threading.Event) -> AsyncIterator[str]:
     """The alert feed: each committed row after monitor generation `after`, until the client goes
     or the server stops."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from indexer.media.source import redact_query
 from indexer.server.guards import is_loopback
 from indexer.settings import Settings
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def check_exposure(host: str, token: str | None) -> None:
                          f"{make})")
 
 
-def serve(index: str | Path, settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000,
+def serve(index: IndexRoot, settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, media_roots: Sequence[str | Path] | None = None, access_log: bool = False) -> None:
     """Load the index's models and serve until Ctrl-C (uvicorn says where; `access_log`: a line per request)."""
     import uvicorn
@@ -59,7 +60,7 @@ def serve(index: str | Path, settings: Settings | None = None, host: str = "127.
 
     check_exposure(host, token)  # before the minutes a real model takes to load
     if index_stream_ids(index) is None:
-        raise FileNotFoundError(f"{index}: no index here (no manifest.json); make one with vidx ingest")
+        raise FileNotFoundError(f"{index}: no index here (no {index.manifest.name}); make one with vidx ingest")
     sock = bind_port(host, port)  # likewise: a port in use fails now, and the port is ours meanwhile
     access = logging.getLogger("uvicorn.access")
     redact = RedactTokens()

@@ -29,6 +29,7 @@ import numpy as np
 from indexer.store.files import write_atomic
 from indexer.store.integrity import IndexDamaged
 from indexer.store.manifest import ApproximateIndex, EmbeddingChunk
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def factory_string(nlist: int, subquantizers: int) -> str:
 
 
 # -- building ----------------------------------------------------------------------------------
-def build(root: Path, generation: int, blocks: list[VectorBlock], nlist: int | None, pq_bytes: int,
+def build(root: IndexRoot, generation: int, blocks: list[VectorBlock], nlist: int | None, pq_bytes: int,
           nprobe: int, refine: int, seed: int = 0) -> ApproximateIndex:
     """Train a new index on a sample of `blocks` (frame ids 0..n-1 in order), add them all, and write
     its files under root/vectors/; the returned entry goes into the next manifest."""
@@ -89,7 +90,7 @@ def build(root: Path, generation: int, blocks: list[VectorBlock], nlist: int | N
     _add(index, blocks)
     entry = ApproximateIndex(generation=generation, factory=factory, nlist=lists, pq_bytes=m // 2, nprobe=nprobe,
                              refine=refine, trained_frames=n, training_sample=len(sample), frames=n,
-                             file=f"vectors/ivf-{generation:08d}.faiss", bytes=0)
+                             file=IndexRoot.ann_file(generation), bytes=0)
     entry.bytes = _write_index(root / entry.file, index)
     entry.embeddings = [_write_chunk(root, generation, blocks)]
     entry.build_s = time.perf_counter() - start
@@ -97,13 +98,13 @@ def build(root: Path, generation: int, blocks: list[VectorBlock], nlist: int | N
     return entry
 
 
-def extend(root: Path, generation: int, entry: ApproximateIndex, blocks: list[VectorBlock]) -> ApproximateIndex:
+def extend(root: IndexRoot, generation: int, entry: ApproximateIndex, blocks: list[VectorBlock]) -> ApproximateIndex:
     """Add the frames after entry.frames (the tail, in `blocks`) to the trained index, without retraining."""
     start = time.perf_counter()
     n, _ = _check_blocks(blocks, first_frame_id=entry.frames)
     index = faiss.read_index(str(root / entry.file))
     _add(index, blocks)
-    file = f"vectors/ivf-{generation:08d}.faiss"
+    file = IndexRoot.ann_file(generation)
     new = entry.model_copy(update={"generation": generation, "frames": entry.frames + n, "file": file,
                                    "bytes": _write_index(root / file, index)})
     new.embeddings = [*entry.embeddings, _write_chunk(root, generation, blocks)]
@@ -146,9 +147,9 @@ def _write_index(path: Path, index: faiss.Index) -> int:
     return write_atomic(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
-def _write_chunk(root: Path, generation: int, blocks: list[VectorBlock]) -> EmbeddingChunk:
+def _write_chunk(root: IndexRoot, generation: int, blocks: list[VectorBlock]) -> EmbeddingChunk:
     n, dim = sum(len(b) for b in blocks), blocks[0].vectors.shape[1]
-    file = f"vectors/emb-{generation:08d}.f16.npy"
+    file = IndexRoot.embeddings_file(generation)
 
     def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (n, dim)})
@@ -165,7 +166,7 @@ class ApproximateSearcher:
     """A committed approximate index, opened read-only: the IVF-PQ codes in memory, the float16
     embeddings memory-mapped."""
 
-    def __init__(self, root: Path, entry: ApproximateIndex):
+    def __init__(self, root: IndexRoot, entry: ApproximateIndex):
         self.root, self.entry = root, entry
         self.index = faiss.read_index(str(root / entry.file), faiss.IO_FLAG_READ_ONLY)
         self.ivf = faiss.extract_index_ivf(self.index)

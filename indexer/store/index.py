@@ -1,6 +1,6 @@
 """`IndexReader`: a read-only view of an index root at its last commit.
 
-    index = IndexReader("runs/archive")
+    index = IndexReader(IndexRoot.at("runs/archive"))
     index.timeline(stream_id="cam1")        # pyarrow Table, frames and gaps
     index.features([12, 13])                # float16 [2, 1+N, C], memory-mapped reads
     index.vectors().search(query, 10)       # exact FAISS over every vector, ids = frame ids
@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import bisect
-import os
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -22,15 +20,16 @@ from indexer.store import vectors as vec
 from indexer.store.features import feature_format, load_arrays
 from indexer.store.integrity import IndexDamaged, check_file, read_verified
 from indexer.store.manifest import Manifest, Segment, read_manifest
+from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline, read_timelines, timeline_schema
 
 
 class IndexReader:
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        manifest = read_manifest(self.root)
+    def __init__(self, root: IndexRoot):
+        self.root = root
+        manifest = read_manifest(root)
         if manifest is None:
-            raise FileNotFoundError(f"{self.root}: no index here (no manifest.json); create one with vidx ingest")
+            raise FileNotFoundError(f"{root}: no index here (no {root.manifest.name}); create one with vidx ingest")
         self.manifest: Manifest = manifest
         self.layout = manifest.layout
         self.schema = timeline_schema(self.layout.content_shape, self.layout.embedding_dim)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from indexer.media.source import redact_text, redact_uri
 from indexer.store.index import IndexReader
 from indexer.store.integrity import IndexDamaged
-from indexer.store.manifest import MANIFEST
+from indexer.store.root import IndexRoot
 
 
-def is_index_root(path: str | os.PathLike) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+def is_index_root(root: IndexRoot) -> bool:
+    return root.manifest.is_file()
 
 
-def describe_index(root: str | os.PathLike) -> list[str]:
+def describe_index(root: IndexRoot) -> list[str]:
     index = IndexReader(root)
     m, layout = index.manifest, index.layout
     lines = [f"index: {index.root}",

@@ -6,16 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.store.files import TMP_SUFFIX, write_atomic_json
 from indexer.store.integrity import FileChecksum, IndexDamaged
+from indexer.store.root import IndexRoot
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-PREVIOUS_MANIFEST = "manifest.prev.json"   # the commit before, kept for `vidx repair`
 
 
 class Layout(BaseModel):
@@ -171,44 +169,46 @@ class Manifest(BaseModel):
         return names
 
 
-def read_manifest(root: Path, name: str = MANIFEST) -> Manifest | None:
-    """The last committed manifest, or None for a new (empty) root. A manifest that is not the one a
-    commit wrote (unparsable, or its own checksum differs) raises IndexDamaged."""
-    path = root / name
+def read_manifest(root: IndexRoot, previous: bool = False) -> Manifest | None:
+    """The last committed manifest (`previous`: the one before it), or None for a new (empty) root.
+    A manifest that is not the one a commit wrote (unparsable, or its own checksum differs) raises
+    IndexDamaged."""
+    path = root.previous_manifest if previous else root.manifest
+    name = path.name
     try:
         value = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise IndexDamaged(root, name, f"not readable JSON: {exc}") from None
+        raise IndexDamaged(root.path, name, f"not readable JSON: {exc}") from None
     written = value.pop("checksum", None) if isinstance(value, dict) else None
     if written is not None and written != _manifest_checksum(value):
-        raise IndexDamaged(root, name, "its checksum differs from the one written at its commit")
+        raise IndexDamaged(root.path, name, "its checksum differs from the one written at its commit")
     try:
         manifest = Manifest.model_validate(value)
     except ValidationError as exc:
-        raise IndexDamaged(root, name, f"not an llamavid-indexer manifest: {exc.errors()[0]['msg']} at "
-                                           f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+        raise IndexDamaged(root.path, name, f"not an llamavid-indexer manifest: {exc.errors()[0]['msg']} at "
+                                            f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {manifest.format_version}, this version reads {FORMAT_VERSION}")
     return manifest
 
 
-def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Commit: replace manifest.json atomically, with a checksum of its own content. The one it
-    replaces stays as manifest.prev.json (a hard link: no copy), for `vidx repair`."""
+def write_manifest(root: IndexRoot, manifest: Manifest) -> None:
+    """Commit: replace the manifest atomically, with a checksum of its own content. The one it
+    replaces stays as the previous manifest (a hard link: no copy), for `vidx repair`."""
     value = manifest.model_dump(mode="json")
-    if (root / MANIFEST).exists():
-        link = root / (PREVIOUS_MANIFEST + TMP_SUFFIX)
+    if root.manifest.exists():
+        link = root.previous_manifest.with_name(root.previous_manifest.name + TMP_SUFFIX)
         link.unlink(missing_ok=True)
-        os.link(root / MANIFEST, link)
-        os.replace(link, root / PREVIOUS_MANIFEST)
-    write_atomic_json(root / MANIFEST, {**value, "checksum": _manifest_checksum(value)})
+        os.link(root.manifest, link)
+        os.replace(link, root.previous_manifest)
+    write_atomic_json(root.manifest, {**value, "checksum": _manifest_checksum(value)})
 
 
 def _manifest_checksum(value: dict) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "PREVIOUS_MANIFEST", "ApproximateIndex", "EmbeddingChunk", "Layout", "Liveness", "Manifest", "Segment", "StreamEntry", "VectorShard",
-           "read_manifest", "write_manifest"]
+__all__ = ["FORMAT_VERSION", "ApproximateIndex", "EmbeddingChunk", "Layout", "Liveness", "Manifest", "Segment",
+           "StreamEntry", "VectorShard", "read_manifest", "write_manifest"]

@@ -12,55 +12,45 @@ Frame ids of dropped frames are not reused.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from indexer.store import vectors as vec
 from indexer.store.integrity import IndexDamaged, checksum_file, damaged_files
 from indexer.store.manifest import (
-    MANIFEST,
-    PREVIOUS_MANIFEST,
     Manifest,
     StreamEntry,
     VectorShard,
     read_manifest,
     write_manifest,
 )
+from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline
-from indexer.store.writer import acquire_lock, release_lock
 
 
-def check_index(root: str | os.PathLike, full: bool = False) -> list[IndexDamaged]:
+def check_index(root: IndexRoot, full: bool = False) -> list[IndexDamaged]:
     """The damaged files of an index root (the manifest's damage is raised): by the cheap check, or
     (`full`) by every byte. An empty list for a root with no index yet."""
-    root = Path(root)
     manifest = read_manifest(root)
-    return damaged_files(root, manifest, full) if manifest is not None else []
+    return damaged_files(root.path, manifest, full) if manifest is not None else []
 
 
-def repair_index(root: str | os.PathLike) -> list[str]:
+def repair_index(root: IndexRoot) -> list[str]:
     """Make `root` intact again (see the module docstring); return what was done, one line each."""
-    root = Path(root)
-    lock = acquire_lock(root)  # no writer may commit meanwhile
-    try:
+    with root.lock_writer():  # no writer may commit meanwhile
         return _repair(root)
-    finally:
-        release_lock(lock)
 
 
-def _repair(root: Path) -> list[str]:
+def _repair(root: IndexRoot) -> list[str]:
     done = []
     try:
         manifest = read_manifest(root)
     except IndexDamaged as damage:
         manifest = _previous_manifest(root, damage)
-        done.append(f"{MANIFEST}: damaged; restored the previous commit's (generation {manifest.generation})")
+        done.append(f"{root.manifest.name}: damaged; restored the previous commit's (generation {manifest.generation})")
     if manifest is None:
-        raise FileNotFoundError(f"{root}: no index here (no {MANIFEST})")
+        raise FileNotFoundError(f"{root}: no index here (no {root.manifest.name})")
     listed = manifest.files()
-    damaged = {d.file: d.reason for d in damaged_files(root, manifest, full=True)}
+    damaged = {d.file: d.reason for d in damaged_files(root.path, manifest, full=True)}
     dropped_frames = 0
     for entry in manifest.streams.values():
         dropped = _roll_back(root, entry, damaged)
@@ -88,18 +78,19 @@ def _repair(root: Path) -> list[str]:
     return done
 
 
-def _previous_manifest(root: Path, damage: IndexDamaged) -> Manifest:
+def _previous_manifest(root: IndexRoot, damage: IndexDamaged) -> Manifest:
     try:
-        previous = read_manifest(root, PREVIOUS_MANIFEST)
+        previous = read_manifest(root, previous=True)
     except IndexDamaged:
         previous = None
     if previous is None:
-        raise IndexDamaged(root, MANIFEST, f"{damage.reason}, and no intact {PREVIOUS_MANIFEST} to roll back to; "
-                                           "ingest the sources into a new --index") from None
+        raise IndexDamaged(root.path, root.manifest.name,
+                           f"{damage.reason}, and no intact {root.previous_manifest.name} to roll back to; "
+                           "ingest the sources into a new --index") from None
     return previous
 
 
-def _roll_back(root: Path, entry: StreamEntry, damaged: dict[str, str]) -> int | None:
+def _roll_back(root: IndexRoot, entry: StreamEntry, damaged: dict[str, str]) -> int | None:
     """Drop the stream's first damaged segment and every later one; None when none is damaged."""
     first = next((i for i, seg in enumerate(entry.segments)
                   if seg.timeline in damaged or damaged.keys() & set(seg.features)), None)
@@ -123,7 +114,7 @@ def _roll_back(root: Path, entry: StreamEntry, damaged: dict[str, str]) -> int |
     return dropped
 
 
-def _rebuild_vectors(root: Path, manifest: Manifest, generation: int) -> VectorShard:
+def _rebuild_vectors(root: IndexRoot, manifest: Manifest, generation: int) -> VectorShard:
     """One exact shard over every intact frame's embedding, from the timeline (float32 originals)."""
     ids, embeddings = [], []
     for entry in manifest.streams.values():
@@ -137,7 +128,7 @@ def _rebuild_vectors(root: Path, manifest: Manifest, generation: int) -> VectorS
     dim = manifest.layout.embedding_dim
     index = vec.build_shard(np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
                             np.concatenate(ids) if ids else np.zeros(0, np.int64))
-    path = f"vectors/repaired-{generation:08d}.faiss"
+    path = IndexRoot.vector_shard_file(generation, "repaired")
     size = vec.write_shard(root / path, index)
     shard = VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
     manifest.vectors, manifest.approximate = [shard], None

@@ -16,12 +16,9 @@ search never covers more than that many vectors.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -34,10 +31,8 @@ from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
-from indexer.store.files import TMP_SUFFIX
 from indexer.store.integrity import checksum_file, damaged_files
 from indexer.store.manifest import (
-    MANIFEST,
     ApproximateIndex,
     Layout,
     Liveness,
@@ -48,13 +43,10 @@ from indexer.store.manifest import (
     read_manifest,
     write_manifest,
 )
+from indexer.store.root import IndexRoot
 from indexer.store.timeline import timeline_schema, timeline_table, write_timeline
 
 logger = logging.getLogger(__name__)
-
-DATA_DIRS = ("timeline", "features", "vectors")
-LOCK_FILE = "writer.lock"
-
 
 @dataclass
 class AppendResult:
@@ -64,11 +56,10 @@ class AppendResult:
 
 
 class IndexWriter:
-    def __init__(self, root: str | os.PathLike, layout: Layout, commit_interval_s: float = 5.0,
+    def __init__(self, root: IndexRoot, layout: Layout, commit_interval_s: float = 5.0,
                  max_vector_shards: int = 32, search: SearchSettings | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = acquire_lock(self.root)
+        self.root = root
+        self._lock = root.lock_writer()
         try:
             manifest = read_manifest(self.root)
             if manifest is None:
@@ -76,10 +67,10 @@ class IndexWriter:
                 write_manifest(self.root, manifest)  # generation 0: empty
             else:
                 check_layout(self.root, manifest.layout, layout)
-                for damage in damaged_files(self.root, manifest):  # never append to a damaged index
+                for damage in damaged_files(self.root.path, manifest):  # never append to a damaged index
                     raise damage
         except BaseException:
-            release_lock(self._lock)  # releases the lock: a refused writer leaves the root free
+            self._lock.release()  # a refused writer leaves the root free
             raise
         self.manifest = manifest
         self.layout = manifest.layout
@@ -96,7 +87,7 @@ class IndexWriter:
         self._liveness: dict[str, Liveness] = {}
         self._latest_wall: dict[str, float] = {}   # per stream: the latest wall time an append proved a frame at
         self._last_commit = time.monotonic()
-        self._remove_uncommitted()
+        self.root.remove_uncommitted_index(manifest.files())  # what a crashed commit left
 
     # -- streams ---------------------------------------------------------------------------------
     def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> StreamEntry:
@@ -204,7 +195,7 @@ class IndexWriter:
                 entry.liveness = self._current_liveness(sid)
         obsolete = []
         if shard_vectors:
-            path = f"vectors/part-{generation:08d}.faiss"
+            path = IndexRoot.vector_shard_file(generation)
             index = vec.build_shard(np.concatenate(shard_vectors), np.concatenate(shard_ids))
             size = vec.write_shard(self.root / path, index)
             manifest.vectors.append(VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size))
@@ -227,7 +218,7 @@ class IndexWriter:
 
     def close(self) -> None:
         self.commit()
-        release_lock(self._lock)
+        self._lock.release()
 
     # -- internals -------------------------------------------------------------------------------
     def _current_liveness(self, stream_id: str) -> Liveness:
@@ -247,21 +238,21 @@ class IndexWriter:
         manifest.next_frame_id += n
         if frames is None:
             frames = self._empty_batch(entry.stream_id)
-        name = f"part-{generation:08d}"
-        timeline = f"timeline/stream={entry.stream_id}/{name}.parquet"
+        timeline = IndexRoot.timeline_file(entry.stream_id, generation)
         table = timeline_table(self.schema, entry.uri, frames, np.arange(first_id, first_id + n), gaps)
         sizes = {"timeline": write_timeline(self.root / timeline, table)}
         features = []
         if n and self.format.suffixes:
-            base = self.root / f"features/stream={entry.stream_id}/{name}"
-            features = [f"features/stream={entry.stream_id}/{f}" for f in save_arrays(base, self.format, frames.features)]
+            folder = IndexRoot.features_dir(entry.stream_id)
+            base = self.root / f"{folder}/{IndexRoot.features_stem(generation)}"
+            features = [f"{folder}/{f}" for f in save_arrays(base, self.format, frames.features)]
             sizes["features"] = sum((self.root / f).stat().st_size for f in features)
         return Segment(generation=generation, first_frame_id=first_id, frames=n, gaps=len(gaps), timeline=timeline,
                        features=features, bytes=sizes)
 
     def _merge_shards(self, generation: int, shards: list[VectorShard]) -> VectorShard:
         index = vec.read_shards([self.root / s.file for s in shards], self.layout.embedding_dim)
-        path = f"vectors/merged-{generation:08d}.faiss"
+        path = IndexRoot.vector_shard_file(generation, "merged")
         size = vec.write_shard(self.root / path, index)
         return VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
 
@@ -309,19 +300,8 @@ class IndexWriter:
                             np.zeros((0, t, c), np.float16), np.zeros((0, p, d), np.float16),
                             np.zeros((0, self.layout.embedding_dim), np.float32), [])
 
-    def _remove_uncommitted(self) -> None:
-        """Delete what a crashed commit left: files no manifest lists, and temporaries."""
-        keep = self.manifest.files()
-        for folder in DATA_DIRS:
-            for path in (self.root / folder).rglob("*") if (self.root / folder).exists() else []:
-                if path.is_file() and (path.relative_to(self.root).as_posix() not in keep
-                                       or path.name.endswith(TMP_SUFFIX)):
-                    logger.info("removing %s (not in the last commit)", path)
-                    path.unlink()
-        (self.root / (MANIFEST + TMP_SUFFIX)).unlink(missing_ok=True)
 
-
-def _chunk_blocks(root: Path, entry: ApproximateIndex) -> list[ann.VectorBlock]:
+def _chunk_blocks(root: IndexRoot, entry: ApproximateIndex) -> list[ann.VectorBlock]:
     """The approximate index's float16 embeddings, memory-mapped, as blocks for a rebuild."""
     return [ann.VectorBlock(c.first_frame_id, ann.map_npy(root / c.file)[1]) for c in entry.embeddings]
 
@@ -339,28 +319,11 @@ def concat(batches: list[EncodedBatch]) -> EncodedBatch | None:
                         np.concatenate([b.embedding for b in batches]), [t for b in batches for t in b.thumbnails])
 
 
-def check_layout(root: Path, existing: Layout, wanted: Layout) -> None:
+def check_layout(root: IndexRoot, existing: Layout, wanted: Layout) -> None:
     differences = existing.differences(wanted)
     if differences:
         raise ValueError(f"{root} was built with another model or format ({'; '.join(differences)}); "
                          "ingest into a new --index or use the same config")
 
 
-def acquire_lock(root: Path) -> int:
-    """The index root's writer lock (an flock, so a crashed writer never leaves it held)."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RuntimeError(f"{root}: another process is writing this index (holds {LOCK_FILE}); "
-                           "wait for it or stop it first") from None
-    return fd
-
-
-def release_lock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-__all__ = ["AppendResult", "IndexWriter", "acquire_lock", "check_layout", "concat", "release_lock"]
+__all__ = ["AppendResult", "IndexWriter", "check_layout", "concat"]

@@ -115,7 +115,7 @@ def senders():
     made: list[WebhookSender] = []
 
     def make(outbox_dir, **options) -> WebhookSender:
-        sender = WebhookSender(outbox_dir, **{**FAST, **options})
+        sender = WebhookSender(outbox_dir / "deliveries.jsonl", **{**FAST, **options})
         made.append(sender)
         sender.start()
         return sender
@@ -263,7 +263,7 @@ def test_restart_delivers_pending_exactly_once(tmp_path, senders):
 def test_torn_last_line_is_ignored_and_the_outbox_is_private(tmp_path, senders):
     outbox = tmp_path / "deliveries.jsonl"
     with receiver() as r:
-        unstarted = WebhookSender(tmp_path, **FAST)  # persisted, never sent: a crash before start
+        unstarted = WebhookSender(outbox, **FAST)  # persisted, never sent: a crash before start
         assert unstarted.submit("a8:alert.opened:0", r.url, SECRET, "alert.opened", {"i": 0})
         assert stat.S_IMODE(os.stat(outbox).st_mode) == 0o600
         with open(outbox, "ab") as f:
@@ -289,12 +289,12 @@ def test_compaction_keeps_the_latest_state_per_id(tmp_path, senders, monkeypatch
         sender.submit("a9:alert.opened:1", down, SECRET, "alert.opened", {})
         assert sender.wait_idle(60)
         sender.stop()
-    WebhookSender(tmp_path).submit("a9:alert.opened:2", down, SECRET, "alert.opened", {})  # left pending
+    WebhookSender(outbox).submit("a9:alert.opened:2", down, SECRET, "alert.opened", {})  # left pending
     assert len(outbox.read_bytes().splitlines()) == 6  # 3 submits, 1 delivered, 2 attempts of the dead one
 
     monkeypatch.setattr(webhooks, "COMPACT_MIN_LINES", 0)
     monkeypatch.setattr(webhooks, "DELIVERED_RETENTION_S", 0.0)  # the delivered one is past retention
-    compacted = WebhookSender(tmp_path)
+    compacted = WebhookSender(outbox)
     states = {d.id: d.state for d in compacted.deliveries()}
     assert states == {"a9:alert.opened:1": "dead", "a9:alert.opened:2": "pending"}
     assert len(outbox.read_bytes().splitlines()) == 2
