@@ -18,7 +18,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser, sources: str = "+") ->
     parser.add_argument("sources", nargs=sources, metavar="SOURCE",
                         help="path or URL (file, http(s), HLS .m3u8, rtsp, rtmp, udp, srt); NAME=URI names the stream")
     parser.add_argument("--index", required=True, help="index root folder (created if missing; resumed if present)")
-    parser.add_argument("--config", help="YAML settings (default: the index's own ingest-config.yaml when the index "
+    parser.add_argument("--config", help="YAML settings (default: the settings saved in the index when it "
                                          "exists, else configs/default.yaml)")
     parser.add_argument("--fps", type=float, help="samples per second (overrides reader.fps)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")

@@ -36,6 +36,7 @@ from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_sourc
 from indexer.settings import Settings, load_settings
 from indexer.store import IndexReader
 from indexer.store.features import Float16Features, Int4Features
+from indexer.store.root import IndexRoot
 
 QUESTION = "When does the courier leave the parcel at the door, and what does he do next?"
 REAL_FEATURES = (257, 1408)  # EVA ViT-g at 224 px: 1 + 16 x 16 patches, 1408 channels
@@ -141,7 +142,7 @@ def tiny_settings(root: Path, feature_format: str) -> Settings:
 def ingest(path: Path, index: Path, settings: Settings) -> tuple[int, float, float]:
     """(frames, video seconds, wall seconds) of one run_ingest."""
     start = time.perf_counter()
-    summary = run_ingest([str(path)], index, settings, progress=False)
+    summary = run_ingest([str(path)], IndexRoot.at(index), settings, progress=False)
     wall = time.perf_counter() - start
     stream = summary.streams[0]
     if stream.error:
@@ -174,7 +175,7 @@ def ingest_runs(path: Path, workdir: Path, tiny: Path, loops: int) -> None:
         frames, seconds, wall = runs[feature_format] = ingest(path, index, tiny_settings(tiny, feature_format))
         print(f"ingest {tag} {feature_format} {seconds:.0f} s video: {frames / wall:.1f} frames/s", flush=True)
         print(f"ingest {tag} {feature_format} {seconds:.0f} s video: {seconds / wall:.1f} x real time", flush=True)
-        for component, size in IndexReader(index).sizes().items():
+        for component, size in IndexReader(IndexRoot.at(index)).sizes().items():
             print(f"index_bytes_per_hour tiny {feature_format} {component}: {size / (seconds / 3600) / 1e6:.2f} MB/h",
                   flush=True)
     looped = workdir / "looped.mp4"

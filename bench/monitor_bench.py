@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.monitor import run_monitor
 from indexer.monitor.alerts import AlertLog
 from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.store.root import IndexRoot
 from tests.indexes import tiny_settings
 from tests.monitor.receiver import receiver
 from tests.monitor.scenes import make_scene_video
@@ -72,7 +73,7 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
     root = work / f"index-{n}"
     root.mkdir()
     with receiver() as hook, contextlib.ExitStack() as stack:
-        store = QueryStore(root)
+        store = QueryStore(IndexRoot.at(root))
         store.add(StandingQuery(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
                                 webhooks=[Webhook(url=hook.url, secret=SECRET)]))
         store.add(StandingQuery(id="person", condition=CONDITION))
@@ -81,11 +82,11 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
         stop = threading.Event()
         stats: dict = {}
         started = time.monotonic()
-        run_monitor([f"s{i}={url}" for i, url in enumerate(urls)], root, settings, progress=False,
+        run_monitor([f"s{i}={url}" for i, url in enumerate(urls)], IndexRoot.at(root), settings, progress=False,
                     stop=stop, stats=stats)
         wall = time.monotonic() - started
         posts = hook.received()
-    alerts = {a.alert_id: a for a in AlertLog(root).alerts(query_id="black")}
+    alerts = {a.alert_id: a for a in AlertLog(IndexRoot.at(root)).alerts(query_id="black")}
     latencies = [p.received_at - alerts[p.json["alert"]["alert_id"]].wall_start for p in posts
                  if p.json["event"] == "alert.opened" and p.json["alert"]["alert_id"] in alerts]
     return {"n": n, "latencies": latencies, "alerts": len(alerts), "expected": n, "wall": wall, **stats}

@@ -32,6 +32,7 @@ from indexer.batches import EncodedBatch
 from indexer.media.reader import SourceInfo
 from indexer.settings import SearchSettings
 from indexer.store import IndexWriter, Layout
+from indexer.store.root import IndexRoot
 
 SCENE_FRAMES = 50          # consecutive frames of one scene
 TOPIC_FRAMES = 5000        # frames per topic (scenes of a topic are spread over the streams)
@@ -110,16 +111,16 @@ def write_index(root: Path, embeddings: np.ndarray, streams: int, search: Search
             writer.commit()
 
     start = time.perf_counter()
-    writer = IndexWriter(root, layout, commit_interval_s=1e9, search=SearchSettings(exact_max_vectors=n + 1))
+    writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9, search=SearchSettings(exact_max_vectors=n + 1))
     for s, rows in enumerate(np.array_split(np.arange(n - tail), streams)):  # frame ids follow this order
         append(writer, f"cam{s:02d}", rows)
     writer.close()
     written = time.perf_counter() - start
     start = time.perf_counter()
-    IndexWriter(root, layout, search=search).close()
+    IndexWriter(IndexRoot.at(root), layout, search=search).close()
     built = time.perf_counter() - start
     if tail:
-        writer = IndexWriter(root, layout, commit_interval_s=1e9, search=search)
+        writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9, search=search)
         append(writer, "cam00", np.arange(n - tail, n))
         writer.close()
     return written, built
@@ -210,7 +211,7 @@ def approximate_child(root: str, queries: np.ndarray, truth: np.ndarray, k: int,
     lines = []
     before = _memory()
     start = time.perf_counter()
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     search = FrameSearch(index, SearchSettings(**settings))
     lines.append(f"open FrameSearch ({search.kind}): {time.perf_counter() - start:.2f} s")
     opened = _memory()
@@ -272,7 +273,7 @@ def bench_search(frames: int = 1_000_000, dim: int = 512, data: str = "clustered
         written, built = write_index(root, embeddings, streams, settings, tail)
         print(f"write {tag} through IndexWriter (exact shards): {written:.1f} s", flush=True)
         from indexer.store import IndexReader
-        a = IndexReader(root).manifest.approximate
+        a = IndexReader(IndexRoot.at(root)).manifest.approximate
         print(f"build {a.factory} on {a.training_sample} samples, {a.frames} frames (writer commit): "
               f"{built:.1f} s", flush=True)
         print(f"build {a.factory} train + add + write: {a.build_s:.1f} s", flush=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from indexer.store.root import IndexRoot
+
 REPO = Path(__file__).resolve().parents[1]
 LIVE_S = 900  # the live streams outlast the timed questions
 THREADS = (1, 0)  # query.torch_threads: the default, and torch's own (one per core)
@@ -39,7 +41,7 @@ def build_timeline_index(root: Path, hours: float, fps: float = 1.0, seed: int =
     layout = FrameEncoder(model, embedder).layout()
     rng = np.random.default_rng(seed)
     n = int(hours * 3600 * fps)
-    writer = IndexWriter(root / "index", layout, commit_interval_s=1e9)
+    writer = IndexWriter(IndexRoot.at(root / "index"), layout, commit_interval_s=1e9)
     info = SourceInfo("/videos/film.mp4", "film", False, hours * 3600, "h264", 640, 360, 25.0, False)
     writer.open_stream(info, fps, "file")
     for start in range(0, n, 1800):
@@ -126,7 +128,7 @@ def _live_ingest(tmp: Path, settings, clip: Path) -> Iterator:
 
     def frames() -> int:
         try:
-            return IndexReader(root).manifest.next_frame_id
+            return IndexReader(IndexRoot.at(root)).manifest.next_frame_id
         except (FileNotFoundError, ValueError):
             return 0
 

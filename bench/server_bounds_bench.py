@@ -35,6 +35,7 @@ from indexer.server.schemas import (
     MAX_IMAGE_PIXELS,
     MAX_QUESTION_CHARS,
 )
+from indexer.store.root import IndexRoot
 from tests.mediagen import png_bomb
 
 
@@ -72,7 +73,7 @@ def main() -> None:
         from tests.indexes import build_tiny_index
 
         args.index = build_tiny_index(Path(tempfile.mkdtemp(prefix="server-bench-"))).root
-    engine = QueryEngine.open(args.index)
+    engine = QueryEngine.open(IndexRoot.at(args.index))
     times = held(engine)
     with TestClient(create_app(engine), base_url="http://127.0.0.1") as client:
         def lock(request) -> tuple[float, int]:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (the live
 from indexer.embedding import make_tiny_clip
 from indexer.llamavid.tiny import make_tiny_checkpoint
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.mediagen import make_video
 from tests.streams import hls_live
 
@@ -85,7 +86,7 @@ def live_start(repo: Path, command: str, config: Path, work: Path) -> tuple[floa
                 os.killpg(proc.pid, signal.SIGKILL)
     if first_commit is None:
         raise RuntimeError(f"vidx {command}: nothing committed; see {work / root.name}.log")
-    walls = [r["wall_time"] for r in IndexReader(root).timeline("live").to_pylist() if r["kind"] == "frame"]
+    walls = [r["wall_time"] for r in IndexReader(IndexRoot.at(root)).timeline("live").to_pylist() if r["kind"] == "frame"]
     if None in walls:
         raise RuntimeError(f"vidx {command} read the stream once it had ended (no longer live): "
                            f"make STREAM_S longer than the start-up")
@@ -127,7 +128,7 @@ def main() -> None:
         clip = make_video(work / "clip.mp4", duration_s=5, fps=FPS, codec="libx264")
         root = work / "noop"
         vidx(args.repo, "ingest", str(clip), "--index", str(root), "--config", str(config), "--no-progress").wait()
-        if not IndexReader(root).manifest.streams:
+        if not IndexReader(IndexRoot.at(root)).manifest.streams:
             raise RuntimeError("the first ingest of the no-op benchmark wrote nothing")
         noop = median_of(args.repeats, lambda: timed_exit(args.repo, "ingest", str(clip), "--index", str(root),
                                                           "--config", str(config), "--no-progress"))

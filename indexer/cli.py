@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--from", dest="start", type=parse_time, help="media time to start at (seconds or H:MM:SS)")
     ask.add_argument("--to", dest="end", type=parse_time, help="media time to end at (seconds or H:MM:SS)")
     ask.add_argument("--k", type=positive_int, help="frames to retrieve (default: query.k)")
-    ask.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
+    ask.add_argument("--config", help="settings YAML (default: the settings saved in the index)")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
     ask.set_defaults(func=_cmd_ask)
 
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
                                          "click to play)")
     serve.add_argument("index", help="index root written by vidx ingest")
-    serve.add_argument("--config", help="settings YAML (default: the index's ingest-config.yaml)")
+    serve.add_argument("--config", help="settings YAML (default: the settings saved in the index)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: %(default)s); any non-loopback address needs a token")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -189,8 +188,6 @@ class Settings(BaseModel):
     monitor: MonitorSettings = MonitorSettings()
 
 
-INDEX_SETTINGS = "ingest-config.yaml"  # in an index root: the settings it was built with, model paths absolute
-_SAVED_AT = "# index: "  # ingest-config.yaml's first line: where the index was when it was saved
 _MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "image_processor"), ("model", "qformer"),
                 ("embedding", "model"))
 
@@ -227,44 +224,6 @@ def resolve_model_paths(settings: Settings, base: str | Path | None = None) -> S
     return with_model_paths(settings, fix)
 
 
-def save_index_settings(root: str | Path, settings: Settings) -> None:
-    """`settings`, model paths resolved, as the index's ingest-config.yaml: a later `vidx ask`,
-    `serve` or `monitor` from any folder loads the same models. Its first line names the index's
-    own place, so that models moved together with the index are found again."""
-    from indexer.store.files import write_atomic
-
-    root = Path(root).resolve()
-    data = (f"{_SAVED_AT}{root}\n"
-            + yaml.safe_dump(resolve_model_paths(settings).model_dump(mode="json"), sort_keys=False)).encode()
-    write_atomic(root / INDEX_SETTINGS, lambda f: f.write(data), mode=0o600)  # it may hold llm.api_key
-
-
-def load_index_settings(root: str | Path) -> Settings:
-    """The settings an index was built with. A model path that is gone is looked for where it
-    lies relative to the index (both moved together); if not there either, the error names the
-    path and the remedy (`--config` with its new place; the fingerprints check the weights)."""
-    root = Path(root).expanduser().resolve()
-    path = root / INDEX_SETTINGS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not an index made by vidx ingest, or pass the settings it was "
-                                "built with (--config)")
-    settings = load_settings(path)
-    first = path.read_text().partition("\n")[0]
-    saved_at = Path(first.removeprefix(_SAVED_AT)) if first.startswith(_SAVED_AT) else root
-
-    def find(section: str, name: str, value: str | None) -> str | None:
-        if not value or not Path(value).is_absolute() or Path(value).exists():
-            return value
-        moved = (root / os.path.relpath(value, saved_at)).resolve()
-        if moved.exists():
-            return str(moved)
-        raise FileNotFoundError(
-            f"{root} was indexed with {section}.{name} {value}, which is not there any more: put it back, or pass "
-            "--config with settings naming where it is now (its weights are checked against the index)")
-
-    return with_model_paths(settings, find)
-
-
 def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     if not path.is_file():
@@ -293,7 +252,6 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-__all__ = ["INDEX_SETTINGS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings", "MonitorSettings",
-           "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_index_settings",
-           "load_settings", "resolve_model_paths", "save_index_settings", "settings_error",
-           "with_model_paths"]
+__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings",
+           "MonitorSettings", "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings",
+           "resolve_model_paths", "settings_error", "with_model_paths"]

@@ -3,7 +3,7 @@ random models, for the query and server tests.
 
     def test_something(tiny_index):
         root, settings, videos = tiny_index          # or tiny_index.root, .settings, .videos
-        engine = QueryEngine.open(root)              # the index's own ingest-config.yaml
+        engine = QueryEngine.open(IndexRoot.at(root))              # the index's own ingest-config.yaml
 
 The videos (both H.264 in MP4 with the index at the front, so a browser can seek in them):
 
@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from indexer.settings import Settings
+from indexer.store.root import IndexRoot
 from tests.mediagen import ffmpeg_bin, frame_pattern
 
 FPS = 25                  # source frame rate
@@ -121,7 +122,7 @@ def build_tiny_index(work: Path) -> TinyIndex:
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        summary = run_ingest([f"{v.stream_id}={v.path}" for v in videos.values()], root, settings, progress=False)
+        summary = run_ingest([f"{v.stream_id}={v.path}" for v in videos.values()], IndexRoot.at(root), settings, progress=False)
     finally:
         if started_ray:  # other tests start their own Ray runtime
             ray.shutdown()

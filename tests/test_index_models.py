@@ -14,6 +14,7 @@ import yaml
 
 from indexer.demo import SCENES, write_tiny
 from indexer.llamavid.tiny import TinySpec
+from indexer.store.root import IndexRoot
 
 QUESTION = "When is the blue disc on screen?"
 
@@ -70,7 +71,7 @@ def test_an_index_made_with_relative_paths_works_from_any_folder_and_names_a_mov
     from indexer.query.engine import QueryEngine
 
     monkeypatch.chdir(b)
-    engine = QueryEngine.open(index)
+    engine = QueryEngine.open(IndexRoot.at(index))
     try:
         hits = engine.search(image=SCENES[0].picture(), k=3)
         assert sorted(h.pts_s for h in hits) == [6.0, 7.0, 8.0]

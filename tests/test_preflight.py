@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from indexer.store.files import write_atomic_json
-from indexer.store.manifest import MANIFEST, Layout, Manifest, StreamEntry
+from indexer.store.manifest import Layout, Manifest, StreamEntry
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, driver_env
 
 STREAM = "clip.mp4-0123abcd"
@@ -56,7 +57,7 @@ def fake_index(root: Path, fps: float = 1.0, complete: bool = True, uri: str = "
     entry = StreamEntry(stream_id=STREAM, uri=uri, protocol="file", live=False, fps=fps, next_index=6, frames=6,
                         duration_s=6.0, complete=complete)
     root.mkdir(parents=True, exist_ok=True)
-    write_atomic_json(root / MANIFEST, Manifest(layout=layout, streams={STREAM: entry}).model_dump(mode="json"))
+    write_atomic_json(IndexRoot.at(root).manifest, Manifest(layout=layout, streams={STREAM: entry}).model_dump(mode="json"))
     return root
 
 

@@ -31,6 +31,7 @@ import yaml
 
 from indexer.settings import Settings
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 
 __all__ = ["REPO", "RayCluster", "committed", "driver_env", "kill_tree", "own_pids", "ray_cluster", "start_ingest",
            "summary_frames", "wait_for", "write_config"]
@@ -51,7 +52,7 @@ def write_config(settings: Settings, path: Path, **sections: dict) -> Path:
 def committed(root: Path, stream_id: str | None = None) -> int:
     """Frames committed to the index at `root` (of one stream, or of all); 0 before the first commit."""
     try:
-        manifest = IndexReader(root).manifest
+        manifest = IndexReader(IndexRoot.at(root)).manifest
     except (FileNotFoundError, ValueError):
         return 0
     if stream_id is None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, committed, kill_tree, ray_cluster, start_ingest, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
@@ -34,5 +35,5 @@ def test_sigkill_of_writer_encoder_and_driver_loses_and_duplicates_nothing(tmp_p
         rerun = subprocess.run([sys.executable, "-m", "actors.ingest", *args, "--no-progress"], cwd=REPO,
                                env=cluster.env, capture_output=True, text=True, timeout=300, check=False)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    index = check_index(root, {"s0": 160, "s1": 160})
+    index = check_index(IndexRoot.at(root), {"s0": 160, "s1": 160})
     assert all(s.complete for s in index.manifest.streams.values())

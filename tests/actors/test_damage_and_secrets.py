@@ -16,8 +16,8 @@ from indexer.cli import main
 from indexer.query.engine import QueryEngine
 from indexer.server import create_app
 from indexer.store import IndexReader
-from indexer.store.credentials import SOURCE_URIS
 from indexer.store.manifest import read_manifest
+from indexer.store.root import IndexRoot
 from tests.actors.test_ingest import settings  # noqa: F401  (module fixture: tiny models, short timeouts)
 from tests.mediagen import make_video
 
@@ -50,7 +50,7 @@ def config(settings, tmp_path_factory) -> Path:  # noqa: F811
 
 def everything_written(root: Path) -> str:
     """Every byte under the index root except the 0600 file meant to hold the secrets."""
-    return "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file() and p.name != SOURCE_URIS)
+    return "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file() and p != IndexRoot.at(root).source_uris)
 
 
 @pytest.mark.parametrize(("fps", "says"), [("inf", "finite"), ("nan", "finite"),
@@ -75,14 +75,14 @@ def test_passwords_are_shown_nowhere_but_kept_private(ray_logs, config, tmp_path
     shown = capsys.readouterr()
     shown = shown.out + shown.err
     assert "FAILED" in shown and "admin:***@127.0.0.1" in shown  # the failure is shown, its password is not
-    manifest = read_manifest(root)
+    manifest = read_manifest(IndexRoot.at(root))
     assert any(sid.startswith("127.0.0.1-") for sid in manifest.streams)  # the host, not user:password
     assert manifest.streams["web"].uri.endswith("?channel=1&token=***")
     written = everything_written(root)
     logs = "".join(p.read_bytes().decode("latin-1") for p in ray_logs.rglob("*") if p.is_file())
     for secret in (PASSWORD, TOKEN):
         assert secret not in shown and secret not in written and secret not in logs
-    kept = root / SOURCE_URIS
+    kept = IndexRoot.at(root).source_uris
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and PASSWORD in kept.read_text() and TOKEN in kept.read_text()
     assert stat.S_IMODE((root / "ingest-config.yaml").stat().st_mode) == 0o600  # it holds llm.api_key
 
@@ -93,7 +93,7 @@ def test_a_damaged_index_is_refused_answers_503_and_is_repaired_to_every_frame_o
     root = tmp_path / "index"
     ingest = ["ingest", f"a={video}", "--index", str(root), "--config", str(config), "--no-progress"]
     assert main(ingest) == 0
-    manifest = read_manifest(root)
+    manifest = read_manifest(IndexRoot.at(root))
     segments = manifest.streams["a"].segments
     assert manifest.streams["a"].frames == 6
     victim = next(seg for seg in segments if seg.frames).features[0]
@@ -102,7 +102,7 @@ def test_a_damaged_index_is_refused_answers_503_and_is_repaired_to_every_frame_o
         f.write(b"\xff" * 4096)
     capsys.readouterr()
 
-    engine = QueryEngine.open(root)
+    engine = QueryEngine.open(IndexRoot.at(root))
     try:
         with TestClient(create_app(engine), base_url="http://127.0.0.1") as client:  # tokenless: loopback only
             reply = client.post("/api/ask", json={"question": "what is shown?"})
@@ -117,7 +117,7 @@ def test_a_damaged_index_is_refused_answers_503_and_is_repaired_to_every_frame_o
     assert main(["repair", str(root)]) == 0
     assert main(ingest) == 0
     assert main(["info", str(root), "--verify"]) == 0
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     frames = [r for r in index.timeline("a", columns=["kind", "sample_index", "frame_id"]).to_pylist()
               if r["kind"] == "frame"]
     assert sorted(r["sample_index"] for r in frames) == list(range(6))  # every frame exactly once

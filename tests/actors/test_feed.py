@@ -8,6 +8,7 @@ import ray
 
 from actors.ingest import run_ingest
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import kill_tree, start_ingest, summary_frames, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
@@ -32,7 +33,7 @@ def test_a_live_stream_is_indexed_from_the_moment_the_command_starts(tmp_path, s
             assert driver.wait(timeout=240) == 0, log.read_text(errors="replace")[-3000:]
         finally:
             kill_tree(driver)
-    index = check_index(root)  # once per sample time, FAISS ids = frame ids, pts = the frame shown
+    index = check_index(IndexRoot.at(root))  # once per sample time, FAISS ids = frame ids, pts = the frame shown
     frames = sorted((r for r in index.timeline("live").to_pylist() if r["kind"] == "frame"),
                     key=lambda r: r["sample_index"])
     indices = [r["sample_index"] for r in frames]
@@ -53,7 +54,7 @@ def test_a_rerun_with_nothing_left_does_not_start_ray(tmp_path, settings):  # no
     finally:
         kill_tree(driver)
     assert not ray.is_initialized()
-    again = run_ingest([str(clip)], root, settings, progress=False)
+    again = run_ingest([str(clip)], IndexRoot.at(root), settings, progress=False)
     assert not ray.is_initialized()
     assert [(s.frames_sent, s.error) for s in again.streams] == [(0, None)]
-    assert IndexReader(root).manifest.next_frame_id == 2
+    assert IndexReader(IndexRoot.at(root)).manifest.next_frame_id == 2

@@ -18,6 +18,7 @@ from indexer.llamavid.tiny import make_tiny_checkpoint
 from indexer.settings import Settings
 from indexer.store import IndexReader
 from indexer.store.info import describe_index
+from indexer.store.root import IndexRoot
 from tests.mediagen import (
     make_spliced_ts,
     make_truncated,
@@ -58,7 +59,7 @@ def end_once_read(stream: HlsInfo, segments: int) -> None:
 
 def check_index(root: Path, expect_frames: dict[str, int] | None = None) -> IndexReader:
     """Every (stream, sample) once; FAISS ids = Parquet frame ids one to one; true timestamps."""
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     table = index.timeline().to_pylist()
     frames = [r for r in table if r["kind"] == "frame"]
     keys = [(r["stream_id"], r["sample_index"]) for r in frames]
@@ -90,20 +91,20 @@ def test_files_and_a_live_stream_into_one_index_then_a_rerun_adds_nothing(tmp_pa
         # start on a busy machine; then the playlist ends and so does the job
         ended = threading.Thread(target=end_once_read, args=(stream, 5), daemon=True)
         ended.start()
-        summary = run_ingest([f"a={mp4}", f"b={mkv}", f"live={url}"], root, settings, progress=False)
+        summary = run_ingest([f"a={mp4}", f"b={mkv}", f"live={url}"], IndexRoot.at(root), settings, progress=False)
         ended.join(timeout=60)
         assert not ended.is_alive(), "the job ended before it read the live stream"
     assert not summary.failed, summary.lines()
-    index = check_index(root, {"a": 6, "b": 5})
+    index = check_index(IndexRoot.at(root), {"a": 6, "b": 5})
     live = index.manifest.streams["live"]
     assert live.live and live.frames >= 3
     assert index.features([0]).shape == (1, *index.layout.feature_shape)
     rows = index.timeline("live").to_pylist()
     assert all(r["wall_time"] is not None for r in rows if r["kind"] == "frame")
 
-    again = run_ingest([f"a={mp4}", f"b={mkv}"], root, settings, progress=False)
+    again = run_ingest([f"a={mp4}", f"b={mkv}"], IndexRoot.at(root), settings, progress=False)
     assert [s.frames_sent for s in again.streams] == [0, 0]
-    assert IndexReader(root).manifest.next_frame_id == index.manifest.next_frame_id
+    assert IndexReader(IndexRoot.at(root)).manifest.next_frame_id == index.manifest.next_frame_id
 
 
 def test_bad_inputs_fail_alone_with_the_source_named(tmp_path, settings, ray_runtime):
@@ -111,12 +112,12 @@ def test_bad_inputs_fail_alone_with_the_source_named(tmp_path, settings, ray_run
     empty = make_zero_byte(tmp_path / "empty.mp4")
     text = tmp_path / "notes.txt"
     text.write_text("not a video")
-    summary = run_ingest([str(good), str(empty), str(text)], tmp_path / "index", settings, progress=False)
+    summary = run_ingest([str(good), str(empty), str(text)], IndexRoot.at(tmp_path / "index"), settings, progress=False)
     by_uri = {s.uri: s for s in summary.streams}
     assert by_uri[str(good)].error is None and by_uri[str(good)].frames_sent == 4
     for bad in (empty, text):
         assert str(bad) in by_uri[str(bad)].error and "cannot open" in by_uri[str(bad)].error
-    manifest = IndexReader(tmp_path / "index").manifest
+    manifest = IndexReader(IndexRoot.at(tmp_path / "index")).manifest
     assert sum(s.error is not None for s in manifest.streams.values()) == 2
 
 
@@ -126,9 +127,9 @@ def test_a_splice_and_a_file_cut_short_give_exact_rows_and_name_what_was_not_rea
                        extra_args=["-bf", "0", "-movflags", "+faststart"])
     cut = make_truncated(whole, tmp_path / "cut.mp4", keep_fraction=0.5)
     root = tmp_path / "index"
-    summary = run_ingest([f"spliced={spliced}", f"cut={cut}"], root, settings, progress=False)
+    summary = run_ingest([f"spliced={spliced}", f"cut={cut}"], IndexRoot.at(root), settings, progress=False)
     assert not summary.failed, summary.lines()
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     rows = index.timeline("spliced", columns=["kind", "sample_index", "pts_s", "end_s", "reason"]).to_pylist()
     frames = sorted((r["sample_index"], r["pts_s"]) for r in rows if r["kind"] == "frame")
     assert frames == [(k, float(k)) for k in [*range(6), *range(990, 996)]]  # not ~1,000 copies of one frame
@@ -142,4 +143,4 @@ def test_a_splice_and_a_file_cut_short_give_exact_rows_and_name_what_was_not_rea
     assert entry.complete and entry.error is None
     assert re.fullmatch(r"ends early: read 0\.000-5\.\d{3} s of 12\.000 s", entry.warning), entry.warning
     assert f"    warning: {cut}: {entry.warning}" in summary.lines()       # the ingest output names the file
-    assert f"    warning: {entry.warning}" in describe_index(root)          # and so does `vidx info`
+    assert f"    warning: {entry.warning}" in describe_index(IndexRoot.at(root))          # and so does `vidx info`

@@ -13,6 +13,7 @@ import pytest
 
 from actors.ingest import run_ingest
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import (
     committed,
     kill_tree,
@@ -44,10 +45,10 @@ def limits(settings, commit_interval_s: float, **ingest):  # noqa: F811
 def test_any_commit_interval_and_flow_limits_finish_a_file(tmp_path, settings, ray_runtime, commit_interval_s,  # noqa: F811
                                                            ingest):
     video = make_video(tmp_path / "a.mp4", duration_s=8, fps=FPS, gop=FPS)
-    summary = run_ingest([f"a={video}"], tmp_path / "index", limits(settings, commit_interval_s, **ingest),
+    summary = run_ingest([f"a={video}"], IndexRoot.at(tmp_path / "index"), limits(settings, commit_interval_s, **ingest),
                          progress=False)
     assert not summary.failed and not summary.interrupted, summary.lines()
-    index = check_index(tmp_path / "index", {"a": 16})   # every sample once
+    index = check_index(IndexRoot.at(tmp_path / "index"), {"a": 16})   # every sample once
     assert index.manifest.streams["a"].complete
 
 
@@ -64,7 +65,7 @@ def test_a_writer_killed_twice_mid_file_loses_and_duplicates_nothing(tmp_path, s
     options = limits(settings, commit_interval_s, batch_frames=4, max_inflight_batches=2,
                      max_uncommitted_frames=max_uncommitted_frames)
     result = {}
-    run = threading.Thread(target=lambda: result.update(summary=run_ingest([f"a={video}"], root, options,
+    run = threading.Thread(target=lambda: result.update(summary=run_ingest([f"a={video}"], IndexRoot.at(root), options,
                                                                            progress=False)))
     run.start()
     try:
@@ -81,7 +82,7 @@ def test_a_writer_killed_twice_mid_file_loses_and_duplicates_nothing(tmp_path, s
     assert killed_at[-1] < total, f"the kills must happen mid-file (at {killed_at} of {total} frames)"
     summary = result["summary"]
     assert not summary.failed, summary.lines()
-    index = check_index(root, {"a": total})
+    index = check_index(IndexRoot.at(root), {"a": total})
     assert index.manifest.streams["a"].complete
 
 
@@ -97,7 +98,7 @@ def test_sigterm_stops_a_live_reader_held_at_its_uncommitted_limit(tmp_path, set
         driver = start_ingest([f"live={url}", f"a={video}", "--index", str(root), "--config", str(config)], log)
         try:
             # three frames fill the limit; more are committed only if the reader's waits get commits
-            wait_for(lambda: committed(root, "live") >= 6 and IndexReader(root).manifest.streams["a"].complete, 180,
+            wait_for(lambda: committed(root, "live") >= 6 and IndexReader(IndexRoot.at(root)).manifest.streams["a"].complete, 180,
                      "live frames committed and the file done", driver, log)
             time.sleep(2.0)   # the driver has seen the file's reader end
             driver.send_signal(signal.SIGTERM)
@@ -106,6 +107,6 @@ def test_sigterm_stops_a_live_reader_held_at_its_uncommitted_limit(tmp_path, set
             kill_tree(driver)
     output = log.read_text(errors="replace")
     assert "(interrupted, committed)" in output
-    index = check_index(root)
+    index = check_index(IndexRoot.at(root))
     assert index.manifest.streams["live"].frames == summary_frames(output)["live"] > 0   # all it sent
     assert summary_frames(output)["a"] == index.manifest.streams["a"].frames == 4

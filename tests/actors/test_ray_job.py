@@ -11,6 +11,7 @@ import pytest
 
 from indexer.monitor.alerts import AlertLog
 from indexer.monitor.queries import QueryStore, StandingQuery
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, committed, ray_cluster, summary_frames, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
@@ -51,20 +52,20 @@ def test_ray_job_submit_indexes_a_file_and_ray_job_stop_commits_a_live_stream(tm
         done = submit("file", f"clip={video}", "--index", str(files), "--config", str(config))
         assert done.returncode == 0, done.stdout + done.stderr
         assert _job_status(cluster.dashboard_url, "file") == "SUCCEEDED"
-        index = check_index(files, {"clip": 6})  # every sample once, FAISS ids = frame ids, true pts
+        index = check_index(IndexRoot.at(files), {"clip": 6})  # every sample once, FAISS ids = frame ids, true pts
         assert index.manifest.streams["clip"].complete
         assert summary_frames(ray_job("logs", "file").stdout) == {"clip": 6}
 
         # the monitor job: ingestion with a standing query, the alert printed in the job's log
         watched = tmp_path / "watched"
-        QueryStore(watched).add(StandingQuery(id="dark", kind="black", min_duration_s=2.0))
+        QueryStore(IndexRoot.at(watched)).add(StandingQuery(id="dark", kind="black", min_duration_s=2.0))
         scenes = make_scene_video(tmp_path / "scenes.mp4", 12.0, {"black": (4.0, 8.0)}, fps=FPS)
         monitored = ray_job("submit", "--submission-id", "monitor", "--working-dir", ".", "--runtime-env-json",
                             RUNTIME_ENV, "--", "python", "-m", "actors.monitor", f"cam={scenes}", "--index",
                             str(watched), "--config", str(config), "--no-progress")
         assert monitored.returncode == 0, monitored.stdout + monitored.stderr
         assert _job_status(cluster.dashboard_url, "monitor") == "SUCCEEDED"
-        (alert,) = AlertLog(watched).alerts()
+        (alert,) = AlertLog(IndexRoot.at(watched)).alerts()
         assert (alert.query_id, alert.start_s, alert.end_s, alert.status) == ("dark", 4.0, 8.0, "closed")
         logs = ray_job("logs", "monitor").stdout
         assert f"ALERT {alert.alert_id} [cam 0:04]" in logs and f"ENDED {alert.alert_id} [cam 0:04-0:08]" in logs
@@ -89,6 +90,6 @@ def test_ray_job_submit_indexes_a_file_and_ray_job_stop_commits_a_live_stream(tm
                              for p in (cluster.temp_dir / "session_latest" / "logs").glob("worker-*.err"))
         assert "Job live has been terminated gracefully" in supervisor, "the driver did not exit on its own"
     assert "(interrupted, committed)" in logs, logs[-3000:]  # the driver finished, not SIGKILLed
-    index = check_index(live_root)
+    index = check_index(IndexRoot.at(live_root))
     entry = index.manifest.streams["live"]
     assert entry.live and entry.error is None and entry.frames == summary_frames(logs)["live"] > 0

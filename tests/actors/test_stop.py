@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import committed, kill_tree, start_ingest, summary_frames, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.streams import hls_live, rtmp_server
@@ -16,7 +17,7 @@ STOP_S = 60  # a stopped ingest must exit on its own within this
 
 
 def _live_rows(root):
-    rows = IndexReader(root).timeline("live").to_pylist()
+    rows = IndexReader(IndexRoot.at(root)).timeline("live").to_pylist()
     return sorted((r for r in rows if r["kind"] == "frame"), key=lambda r: r["frame_id"])
 
 
@@ -39,7 +40,7 @@ def test_ctrl_c_and_sigterm_commit_what_was_sent_and_a_rerun_resumes(tmp_path, s
             kill_tree(driver)
         output = run1.read_text(errors="replace")
         assert "(interrupted, committed)" in output
-        index = check_index(root)  # one row per sample, FAISS ids = frame ids, true timestamps
+        index = check_index(IndexRoot.at(root))  # one row per sample, FAISS ids = frame ids, true timestamps
         sent = summary_frames(output)
         for sid in ("live", "gone"):
             entry = index.manifest.streams[sid]
@@ -59,7 +60,7 @@ def test_ctrl_c_and_sigterm_commit_what_was_sent_and_a_rerun_resumes(tmp_path, s
             kill_tree(driver)
     output = run2.read_text(errors="replace")
     assert "(interrupted, committed)" in output
-    index = check_index(root)
+    index = check_index(IndexRoot.at(root))
     rows = _live_rows(root)
     assert [r["sample_index"] for r in rows[:len(first_rows)]] == [r["sample_index"] for r in first_rows]
     new = [r["sample_index"] for r in rows[len(first_rows):]]

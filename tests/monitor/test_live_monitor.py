@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from indexer.monitor.alerts import AlertLog
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, driver_env, kill_tree, wait_for, write_config
 from tests.indexes import tiny_settings
 from tests.monitor.colour import orange_share
@@ -90,7 +91,7 @@ def test_planted_black_and_frozen_events_each_raise_one_alert_on_a_live_rtsp_str
         finally:
             output = stop(proc, log)
         posts = hook.received()
-    alerts = {a.query_id: a for a in AlertLog(root).alerts()}
+    alerts = {a.query_id: a for a in AlertLog(IndexRoot.at(root)).alerts()}
     assert sorted(alerts) == ["disc", "q1", "q2"], output[-3000:]
     by_kind = {a.kind if a.kind != "condition" else "planted": a for a in alerts.values()}
     for name, (start, end) in scenes.items():
@@ -138,7 +139,7 @@ def test_a_monitor_killed_mid_event_and_restarted_raises_the_event_once(tmp_path
             stream.pause()
         finally:
             kill_tree(proc)  # SIGKILL, the driver and its local Ray
-        assert [a.status for a in AlertLog(root).alerts()] == ["open"]
+        assert [a.status for a in AlertLog(IndexRoot.at(root)).alerts()] == ["open"]
         fetched = stream.segments_fetched()
         proc = start_monitor(f"cam={url}", root, config, log)
         try:
@@ -149,7 +150,7 @@ def test_a_monitor_killed_mid_event_and_restarted_raises_the_event_once(tmp_path
         finally:
             output = stop(proc, log)
         events = hook.events(SECRET)
-    alerts = AlertLog(root).alerts()
+    alerts = AlertLog(IndexRoot.at(root)).alerts()
     assert len(alerts) == 1, output[-3000:]
     assert events == [("alert.opened", alerts[0].alert_id), ("alert.closed", alerts[0].alert_id)]
     assert abs(alerts[0].start_s - 100.0) <= 2.0 and alerts[0].end_s > 120.0   # it saw the event after the restart

@@ -20,6 +20,7 @@ from indexer.monitor import monitor as monitor_module
 from indexer.monitor.alerts import AlertLog
 from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.store.root import IndexRoot
 from indexer.store.writer import IndexWriter
 from tests.indexes import tiny_settings
 from tests.monitor.colour import ColourDetector
@@ -49,7 +50,7 @@ def encoded(tmp_path_factory):
 
 
 def queries(root, url: str) -> None:
-    store = QueryStore(root)
+    store = QueryStore(IndexRoot.at(root))
     hooks = [Webhook(url=url, secret=SECRET)]
     store.add(StandingQuery(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5))
     store.add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=hooks))
@@ -59,7 +60,7 @@ def queries(root, url: str) -> None:
 def feed(root, encoded, batches: slice, writer: IndexWriter | None = None, on_commit=None) -> IndexWriter:
     settings, info, all_batches, layout = encoded
     if writer is None:
-        writer = IndexWriter(root, layout, commit_interval_s=1e9)
+        writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9)
         writer.open_stream(info, settings.reader.fps, "file")
     for batch in all_batches[batches]:
         writer.append(batch)
@@ -70,7 +71,7 @@ def feed(root, encoded, batches: slice, writer: IndexWriter | None = None, on_co
 
 
 def check_alerts(root, hook) -> dict:
-    alerts = {a.query_id: a for a in AlertLog(root).alerts()}
+    alerts = {a.query_id: a for a in AlertLog(IndexRoot.at(root)).alerts()}
     assert sorted(alerts) == ["black", "disc", "frozen"]
     for query_id, scene in (("disc", "planted"), ("black", "black"), ("frozen", "frozen")):
         alert, (start, end) = alerts[query_id], SCENES[scene]
@@ -93,7 +94,7 @@ def test_one_alert_per_planted_event_with_clip_thumbnail_and_signed_webhooks(tmp
     with receiver() as hook:
         root.mkdir()
         queries(root, hook.url)
-        with Monitor(root, encoded[0]) as monitor:
+        with Monitor(IndexRoot.at(root), encoded[0]) as monitor:
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)
             writer.finish_stream("cam")
             writer.close()
@@ -121,7 +122,7 @@ def test_a_crash_at_any_step_of_a_monitor_commit_loses_and_repeats_nothing(tmp_p
             real_write_state(root_, state)
 
         monkeypatch.setattr(monitor_module, "write_state", crash_on_alert)
-        monitor = Monitor(root, settings)
+        monitor = Monitor(IndexRoot.at(root), settings)
         writer = feed(root, encoded, slice(0, 3))       # frames 0-11: the planted event opens at 6
         with pytest.raises(OSError, match="simulated crash"):
             monitor.poll()
@@ -129,21 +130,21 @@ def test_a_crash_at_any_step_of_a_monitor_commit_loses_and_repeats_nothing(tmp_p
         monitor.close()
         monkeypatch.setattr(monitor_module, "write_state", real_write_state)
 
-        monitor = Monitor(root, settings)               # removes the uncommitted file, evaluates again
+        monitor = Monitor(IndexRoot.at(root), settings)               # removes the uncommitted file, evaluates again
         monkeypatch.setattr(Monitor, "_submit", lambda self, rows: None)   # crash 2: nothing handed over
         monitor.poll()
-        assert [a.status for a in AlertLog(root).alerts()] == ["open"]
+        assert [a.status for a in AlertLog(IndexRoot.at(root)).alerts()] == ["open"]
         monitor.close()
         monkeypatch.undo()
         assert hook.received() == []
 
-        with Monitor(root, settings) as monitor:         # hands over what the last commit raised
+        with Monitor(IndexRoot.at(root), settings) as monitor:         # hands over what the last commit raised
             feed(root, encoded, slice(3, None), writer, on_commit=monitor.poll)
             writer.finish_stream("cam")
             writer.close()
             monitor.poll()
             monitor.drain(10.0)
-        with Monitor(root, settings) as monitor:         # a further restart sends nothing again
+        with Monitor(IndexRoot.at(root), settings) as monitor:         # a further restart sends nothing again
             monitor.poll()
             monitor.drain(2.0)
         check_alerts(root, hook)
@@ -174,7 +175,7 @@ def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_
     with receiver() as hook:
         queries(root, hook.url)
         stuck, stop = StuckVerifier(), threading.Event()
-        monitor = Monitor(root, settings, evaluator=stuck)
+        monitor = Monitor(IndexRoot.at(root), settings, evaluator=stuck)
         thread = threading.Thread(target=monitor.run, args=(stop,))
         thread.start()
         try:
@@ -182,8 +183,8 @@ def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_
             writer.finish_stream("cam")
             writer.close()
             deadline = time.monotonic() + 120
-            while {a.query_id for a in AlertLog(root).alerts() if a.status == "closed"} != {"black", "frozen"}:
-                assert time.monotonic() < deadline, AlertLog(root).alerts()
+            while {a.query_id for a in AlertLog(IndexRoot.at(root)).alerts() if a.status == "closed"} != {"black", "frozen"}:
+                assert time.monotonic() < deadline, AlertLog(IndexRoot.at(root)).alerts()
                 time.sleep(0.1)
             assert stuck.entered.is_set() and not stuck.release.is_set()   # the disc is still being verified
             lanes = monitor.state.lanes
@@ -196,8 +197,8 @@ def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_
         monitor.sender.wait_idle(60.0)
         monitor.close()
         assert {(e, q) for e, q in hook.events(SECRET)} == {
-            (e, a.alert_id) for a in AlertLog(root).alerts() for e in ("alert.opened", "alert.closed")}
-        with Monitor(root, settings) as monitor:       # the colour detector of the settings verifies
+            (e, a.alert_id) for a in AlertLog(IndexRoot.at(root)).alerts() for e in ("alert.opened", "alert.closed")}
+        with Monitor(IndexRoot.at(root), settings) as monitor:       # the colour detector of the settings verifies
             monitor.poll()
             monitor.drain(10.0)
         check_alerts(root, hook)
@@ -206,13 +207,13 @@ def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_
 def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     root = tmp_path / "index"
     root.mkdir()
-    store = QueryStore(root)
-    with Monitor(root, encoded[0]) as monitor:
+    store = QueryStore(IndexRoot.at(root))
+    with Monitor(IndexRoot.at(root), encoded[0]) as monitor:
         writer = feed(root, encoded, slice(0, 2), on_commit=monitor.poll)     # 0-7 s: nothing asked yet
         store.add(StandingQuery(id="disc", condition="an orange board with a blue disc"))
         store.add(StandingQuery(id="black", kind="black", paused=True))
         feed(root, encoded, slice(2, 4), writer, on_commit=monitor.poll)       # 8-15 s
-        opened = AlertLog(root).alerts()
+        opened = AlertLog(IndexRoot.at(root)).alerts()
         # a query added late sees frames from then on: the disc (6-10 s) is caught from 8 s
         assert [(a.query_id, a.start_s) for a in opened] == [("disc", 8.0)]
         store.set_paused("black", False)
@@ -220,7 +221,7 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
         feed(root, encoded, slice(4, None), writer, on_commit=monitor.poll)
         writer.close()
         monitor.poll()
-    alerts = {a.query_id: a for a in AlertLog(root).alerts()}
+    alerts = {a.query_id: a for a in AlertLog(IndexRoot.at(root)).alerts()}
     assert set(alerts) == {"disc", "black"}
     assert alerts["disc"].status == "closed" and alerts["disc"].end_s == 10.0   # ended (at 12 s) before removal
     lanes = monitor.state.lanes.values()
@@ -238,7 +239,7 @@ def test_model_evaluator_scores_with_the_retrieval_embedding_and_verifies_with_l
     from indexer.store.index import IndexReader
 
     evaluator = ModelEvaluator(tiny_index.root, tiny_index.settings)
-    rows = IndexReader(tiny_index.root).timeline("b", columns=FRAME_COLUMNS)
+    rows = IndexReader(IndexRoot.at(tiny_index.root)).timeline("b", columns=FRAME_COLUMNS)
     frames = Frames.from_rows("b", rows.filter(pc.equal(rows["kind"], "frame")).sort_by("sample_index"))
     condition = "an orange board with a blue disc"
     scores = evaluator.scores(condition, frames)
@@ -262,21 +263,21 @@ def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
     settings, info, batches, layout = encoded
     root = tmp_path / "index"
     root.mkdir()
-    store = QueryStore(root)
+    store = QueryStore(IndexRoot.at(root))
     store.add(StandingQuery(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0))
-    writer = IndexWriter(root, layout, commit_interval_s=1e9)
+    writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "file")
     outages = {1: Gap(7.0, 12.0, "connection lost: timed out", 1e9 + 7, 1e9 + 12, 8),
                3: Gap(15.0, 16.0, "connection lost: reset", 1e9 + 15, 1e9 + 16, 12),   # 1 s: too short
                7: Gap(31.0, None, "gave up: connection refused", 1e9 + 31, None, 32)}   # the last batch
-    with Monitor(root, settings) as monitor:
+    with Monitor(IndexRoot.at(root), settings) as monitor:
         for i, batch in enumerate(batches):
             writer.append(replace(batch, gaps=[outages[i]]) if i in outages else batch)
             writer.commit()
             monitor.poll()
         monitor.drain(2.0)
         writer.close()
-    alerts = sorted(AlertLog(root).alerts(), key=lambda a: a.start_s)
+    alerts = sorted(AlertLog(IndexRoot.at(root)).alerts(), key=lambda a: a.start_s)
     assert [(a.start_s, a.end_s, a.status) for a in alerts] == [(7.0, 12.0, "closed"), (31.0, None, "open")]
     assert alerts[0].wall_start == 1e9 + 7 and alerts[0].wall_end == 1e9 + 12
     assert alerts[0].answer == "signal lost: connection lost: timed out" and alerts[0].clip is None
@@ -301,8 +302,8 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
     live = [replace(b, wall_time=t0 + b.pts_s) for b in batches]
     root = tmp_path / "index"
     root.mkdir()
-    QueryStore(root).add(StandingQuery(id="lost", kind="signal_lost", cooldown_s=0.0))
-    writer = IndexWriter(root, layout, commit_interval_s=1e9)
+    QueryStore(IndexRoot.at(root)).add(StandingQuery(id="lost", kind="signal_lost", cooldown_s=0.0))
+    writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "rtsp")
 
     def report(at: float, waiting_since: float | None) -> None:
@@ -310,7 +311,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
                                                if waiting_since is not None else None))
         writer.commit()
 
-    with Monitor(root, settings) as monitor:
+    with Monitor(IndexRoot.at(root), settings) as monitor:
         for batch in live[:3]:   # frames 0-11, then the source goes quiet after the frame at 12 s
             writer.append(batch)
             report(batch.pts_s[-1] + 0.5, None)
@@ -323,7 +324,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
             ("open", 11.0, t0 + 12.0, "signal lost: no frame for 6 s")]
         report(18.5, 12.0)
         assert monitor.poll() == []   # still down: the same event, no second alert
-    with Monitor(root, settings) as monitor:   # a restarted monitor goes on with the open event
+    with Monitor(IndexRoot.at(root), settings) as monitor:   # a restarted monitor goes on with the open event
         report(19.5, 12.0)
         assert monitor.poll() == []
         # the source is back at 30 s: the frame at 12 s was held in the reader and comes first, then
@@ -337,11 +338,11 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
         monitor.poll()
         monitor.drain(2.0)
         writer.close()
-    alerts = AlertLog(root).alerts()
+    alerts = AlertLog(IndexRoot.at(root)).alerts()
     assert len(alerts) == 1 and alerts[0].alert_id == opened[0].alert_id
     assert (alerts[0].status, alerts[0].start_s, alerts[0].end_s) == ("closed", 11.0, 13.0)
     assert alerts[0].wall_end == t0 + 30.0 and alerts[0].clip is None
-    assert [r.status for r in AlertLog(root).rows()] == ["open", "closed"]
+    assert [r.status for r in AlertLog(IndexRoot.at(root)).rows()] == ["open", "closed"]
 
 
 def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded):
@@ -362,16 +363,16 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
     root.mkdir()
     with receiver() as hook:
         hook.status = 500
-        QueryStore(root).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
+        QueryStore(IndexRoot.at(root)).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
             Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]))
-        with Monitor(root, settings) as monitor:
+        with Monitor(IndexRoot.at(root), settings) as monitor:
             started = time.monotonic()
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)
             writer.close()
             monitor.poll()
             evaluated_in = time.monotonic() - started
             assert monitor.state.lanes["rules"].streams["cam"].next_index == 32
-            assert len(AlertLog(root).alerts()) == 1
+            assert len(AlertLog(IndexRoot.at(root)).alerts()) == 1
             hook.status = 200   # the receiver recovers
             monitor.drain(10.0)
             outbox = WebhookSender(root / "monitor" / "outbox")

@@ -14,11 +14,12 @@ from pydantic import ValidationError
 from indexer.monitor import conditions
 from indexer.monitor.frames import Frames
 from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO
 
 
 def test_store_add_pause_remove_and_errors(tmp_path):
-    store = QueryStore(tmp_path)
+    store = QueryStore(IndexRoot.at(tmp_path))
     assert store.load() == [] and store.version() is None
     store.add(StandingQuery(id="fence", condition="a person climbs the fence", streams=["cam1"],
                             webhooks=[Webhook(url="http://127.0.0.1:9/hook")]))

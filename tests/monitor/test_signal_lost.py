@@ -23,6 +23,7 @@ import pytest
 from indexer.monitor.alerts import AlertLog
 from indexer.settings import load_settings
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.actors.jobs import wait_for, write_config
 from tests.indexes import tiny_settings
 from tests.mediagen import make_video
@@ -81,7 +82,7 @@ def restartable_rtsp(video: Path, logdir: Path) -> Iterator[RestartableRtsp]:
 
 def frames_after(root: Path, wall: float) -> int:
     try:
-        rows = IndexReader(root).timeline("cam", columns=["kind", "wall_time"]).to_pylist()
+        rows = IndexReader(IndexRoot.at(root)).timeline("cam", columns=["kind", "wall_time"]).to_pylist()
     except (FileNotFoundError, ValueError, KeyError):
         return 0
     return sum(r["kind"] == "frame" and r["wall_time"] is not None and r["wall_time"].timestamp() > wall
@@ -122,7 +123,7 @@ def test_an_rtsp_camera_down_for_20_s_raises_signal_lost_while_down_once_and_res
         finally:
             output = stop(proc, log)
         events = hook.events(SECRET)
-    alerts = AlertLog(root).alerts()
+    alerts = AlertLog(IndexRoot.at(root)).alerts()
     assert len(alerts) == 1, output[-3000:]
     alert = alerts[0]
     assert events == [("alert.opened", alert.alert_id), ("alert.closed", alert.alert_id)]
@@ -137,7 +138,7 @@ def test_an_rtsp_camera_down_for_20_s_raises_signal_lost_while_down_once_and_res
     print(f"signal lost noticed {opened_at - alert.wall_start:.1f} s after the last frame "
           f"(signal_lost_after_s {LOST_AFTER_S})")
     # the outage is one gap row, from the last frame before it to the first after it; the stream goes on
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     entry = index.manifest.streams["cam"]
     assert entry.error is None and not entry.complete
     gaps = [r for r in index.timeline("cam").to_pylist() if r["kind"] == "gap"]

@@ -9,18 +9,19 @@ from indexer.query.engine import QueryEngine
 from indexer.query.prompt import Turn, time_label
 from indexer.query.search import SearchFilter
 from indexer.store.index import IndexReader
+from indexer.store.root import IndexRoot
 from tests.indexes import planted_image
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_index):
-    engine = QueryEngine.open(tiny_index.root)  # the index's own ingest-config.yaml
+    engine = QueryEngine.open(IndexRoot.at(tiny_index.root))  # the index's own ingest-config.yaml
     yield engine
     engine.close()
 
 
 def frame_rows(root):
-    table = IndexReader(root).timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
+    table = IndexReader(IndexRoot.at(root)).timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
     return {r["frame_id"]: r for r in table if r["kind"] == "frame"}
 
 
@@ -59,7 +60,7 @@ def test_spans_mode_when_the_context_is_short(engine, tiny_index):
 
 def test_frame_tokens_are_the_models_long_video_tokens(engine, tiny_index):
     ids = [0, 3, 9]
-    features = torch.from_numpy(IndexReader(tiny_index.root).features(ids))
+    features = torch.from_numpy(IndexReader(IndexRoot.at(tiny_index.root)).features(ids))
     got = engine._frame_tokens(ids, "a question", engine.model.config.content_tokens_per_frame, {})
     want = engine.model.frame_tokens(features[:, 1:], "a question")
     torch.testing.assert_close(got, want)
@@ -125,7 +126,7 @@ def test_with_a_vllm_server_the_engine_holds_no_llm_layers_and_answers_the_same(
     llm_dir = export_llm(tiny_index.settings.model.model_dir, tmp_path / "llm").out_dir
     with CompletionsServer(llm_dir) as server:
         settings = tiny_index.settings.model_copy(update={"llm": LLMSettings(backend="vllm-server", url=server.url)})
-        served = QueryEngine.open(tiny_index.root, settings)  # the index's model fingerprint checks out
+        served = QueryEngine.open(IndexRoot.at(tiny_index.root), settings)  # the index's model fingerprint checks out
         try:
             keys = served.model.model.state_dict()
             assert served.model.parts == "prompt" and "language_model.model.embed_tokens.weight" in keys

@@ -4,6 +4,7 @@ import pytest
 from indexer.query.search import FrameSearch, Hit, SearchFilter
 from indexer.settings import SearchSettings
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.store.embedded import EmbeddingWriter, clustered, unit
 
 DIM = 64
@@ -57,20 +58,20 @@ def any_index(request):
 
 def test_the_planted_vector_is_the_top_hit(any_index):
     root, embeddings = any_index
-    search = FrameSearch(IndexReader(root), SMALL)
+    search = FrameSearch(IndexReader(IndexRoot.at(root)), SMALL)
     for frame_id in (7, len(embeddings) // 2, len(embeddings) - 1):
         query = embeddings[frame_id] + np.float32(0.01) * np.random.default_rng(frame_id).normal(size=DIM)
         hits = search.search(query.astype(np.float32), 5)
         assert hits[0].frame_id == frame_id and hits[0].score > 0.99
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    table = IndexReader(root).timeline().to_pylist()
+    table = IndexReader(IndexRoot.at(root)).timeline().to_pylist()
     row = next(r for r in table if r["frame_id"] == hits[0].frame_id)
     assert (hits[0].stream_id, hits[0].pts_s) == (row["stream_id"], row["pts_s"])
 
 
 def test_an_exact_index_says_so_and_a_query_may_be_one_row(exact_index):
     root, embeddings = exact_index
-    search = FrameSearch(IndexReader(root))
+    search = FrameSearch(IndexReader(IndexRoot.at(root)))
     assert search.kind == "exact"
     one_row = search.search(embeddings[3][None], 3)
     assert one_row == search.search(embeddings[3], 3) and isinstance(one_row[0], Hit)
@@ -82,7 +83,7 @@ def test_an_exact_index_says_so_and_a_query_may_be_one_row(exact_index):
                                    SearchFilter(end_s=3.0), SearchFilter(streams=("a",), end_s=2.0)])
 def test_filters_return_k_matching_frames_ranked_as_exact_search_ranks_them(any_index, where):
     root, embeddings = any_index
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     search = FrameSearch(index, SMALL)
     frames = [r for r in index.timeline().to_pylist() if r["kind"] == "frame"]
     passing = np.array([r["frame_id"] for r in frames
@@ -104,11 +105,11 @@ def test_filters_return_k_matching_frames_ranked_as_exact_search_ranks_them(any_
 
 def test_a_filter_matching_nothing_and_an_empty_index_give_no_hits(exact_index, tmp_path):
     root, embeddings = exact_index
-    search = FrameSearch(IndexReader(root))
+    search = FrameSearch(IndexReader(IndexRoot.at(root)))
     assert search.search(embeddings[0], 5, SearchFilter(start_s=1e6)) == []
     assert search.search(embeddings[0], 5, SearchFilter(streams=())) == []
     EmbeddingWriter(tmp_path, DIM).close()
-    assert FrameSearch(IndexReader(tmp_path)).search(embeddings[0], 5) == []
+    assert FrameSearch(IndexReader(IndexRoot.at(tmp_path))).search(embeddings[0], 5) == []
 
 
 @pytest.mark.parametrize("query, k, where, error, message", [
@@ -125,14 +126,14 @@ def test_a_filter_matching_nothing_and_an_empty_index_give_no_hits(exact_index, 
 ])
 def test_bad_requests_name_the_problem(exact_index, query, k, where, error, message):
     root, embeddings = exact_index
-    search = FrameSearch(IndexReader(root))
+    search = FrameSearch(IndexReader(IndexRoot.at(root)))
     with pytest.raises(error, match=message):
         search.search(embeddings[0] if query is None else query, k, where)
 
 
 def test_approximate_recall_at_10_against_exact(approximate_index):
     root, embeddings = approximate_index
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     search = FrameSearch(index, SMALL)
     assert search.kind.startswith(index.manifest.approximate.factory) and "exact tail of 500" in search.kind
     rng = np.random.default_rng(77)  # queries near the data, not on it
@@ -145,7 +146,7 @@ def test_approximate_recall_at_10_against_exact(approximate_index):
 
 def test_the_tail_after_the_build_is_searched_and_merged(approximate_index):
     root, embeddings = approximate_index
-    index = IndexReader(root)
+    index = IndexReader(IndexRoot.at(root))
     covered = index.manifest.approximate.frames
     assert covered == 6000 and index.manifest.next_frame_id == 6500 and index.shard_vectors().ntotal == 500
     search = FrameSearch(index, SMALL)

@@ -18,6 +18,7 @@ from indexer.monitor.state import read_state, write_state
 from indexer.query.answer import Answer, Citation
 from indexer.query.prompt import Turn
 from indexer.store.manifest import StreamEntry
+from indexer.store.root import IndexRoot
 from tests.mediagen import make_video
 
 
@@ -41,7 +42,7 @@ class FakeEngine:
 
     def __init__(self, entries: list[StreamEntry], root: Path | None = None):
         self.entries = entries
-        self.root = root if root is not None else Path("/nonexistent/fake-index")
+        self.root = IndexRoot.at(root if root is not None else "/nonexistent/fake-index")
         self.frames = SimpleNamespace(streams={  # two frames a stream, at 0 s and 1 s (none if it failed)
             e.stream_id: SimpleNamespace(frame_ids=np.array([2 * i, 2 * i + 1][:e.frames], dtype=np.int64),
                                          pts_s=np.array([0.0, 1.0][:e.frames]))
@@ -113,17 +114,19 @@ def alert(alert_id: str, status: str = "open", *, stream_id: str = "cam", query_
 
 def commit(root: Path, rows: list[Alert]) -> int:
     """A monitor commit, the monitor's way: the alert rows, then state.json that lists them."""
-    state = read_state(root)
+    index = IndexRoot.at(root)
+    state = read_state(index)
     generation = state.generation + 1
-    state.alert_files.append((generation, write_alerts(root / "monitor", generation, rows)))
+    state.alert_files.append((generation, write_alerts(index, generation, rows)))
     state.generation = generation
-    write_state(root, state)
+    write_state(index, state)
     return generation
 
 
 def clip_file(root: Path, name: str) -> str:
     """A real 2 s H.264 MP4 in monitor/clips/; its path relative to the root (as alert rows hold it)."""
-    path = root / "monitor" / "clips" / name
+    index = IndexRoot.at(root)
+    path = index.clip_file(Path(name).stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_video(path, duration_s=2.0, fps=10, size=(160, 120))
-    return path.relative_to(root).as_posix()
+    return path.relative_to(index.path).as_posix()

@@ -14,6 +14,7 @@ from PIL import Image
 from indexer.query.engine import QueryEngine
 from indexer.server import create_app
 from indexer.store import IndexReader
+from indexer.store.root import IndexRoot
 from tests.indexes import FPS, planted_image
 from tests.mediagen import read_frame_number
 from tests.server.live import LOCAL
@@ -23,7 +24,7 @@ TOKEN = "test-token-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def engine(tiny_index):
-    engine = QueryEngine.open(tiny_index.root)
+    engine = QueryEngine.open(IndexRoot.at(tiny_index.root))
     yield engine
     engine.close()
 
@@ -37,7 +38,7 @@ def client(engine):
 @pytest.fixture(scope="module")
 def rows(tiny_index) -> dict[int, dict]:
     """frame id -> its timeline row (the truth the answers are checked against)."""
-    table = IndexReader(tiny_index.root).timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
+    table = IndexReader(IndexRoot.at(tiny_index.root)).timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
     return {r["frame_id"]: r for r in table if r["kind"] == "frame"}
 
 

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from indexer.monitor.queries import QueryStore
 from indexer.server import create_app
+from indexer.store.root import IndexRoot
 from tests.server.fakes import FakeEngine, alert, clip_file, commit, entry, jpeg
 from tests.server.live import running_server
 
@@ -58,9 +59,9 @@ def test_standing_queries_are_created_listed_paused_and_removed_and_secrets_show
     assert query["cooldown_s"] == 5 and query["sensitivity"] == 0.5 and not query["paused"]  # defaults filled in
     generated, given = query["webhooks"]
     assert len(generated["secret"]) >= 16 and given == {"url": "http://127.0.0.1:9/b", "secret": "given-secret-1"}
-    stored = QueryStore(root).get("q1")  # what a monitor reads: the same secrets, in a 0600 file
+    stored = QueryStore(IndexRoot.at(root)).get("q1")  # what a monitor reads: the same secrets, in a 0600 file
     assert [w.secret for w in stored.webhooks] == [generated["secret"], "given-secret-1"]
-    assert os.stat(QueryStore(root).path).st_mode & 0o777 == 0o600
+    assert os.stat(QueryStore(IndexRoot.at(root)).path).st_mode & 0o777 == 0o600
 
     rule = client.post("/api/watch", json={"id": "dark", "kind": "black", "streams": ["cam"]})
     assert rule.status_code == 201 and rule.json()["condition"] is None and rule.json()["webhooks"] == []
@@ -75,11 +76,11 @@ def test_standing_queries_are_created_listed_paused_and_removed_and_secrets_show
 
     paused = client.patch("/api/watch/q1", json={"paused": True})
     assert paused.status_code == 200 and paused.json()["paused"] and "secret" not in paused.text
-    assert QueryStore(root).get("q1").paused
+    assert QueryStore(IndexRoot.at(root)).get("q1").paused
     assert client.patch("/api/watch/q1", json={"paused": False}).json()["paused"] is False
 
     assert client.delete("/api/watch/dark").status_code == 204
-    assert [q.id for q in QueryStore(root).load()] == ["q1"]
+    assert [q.id for q in QueryStore(IndexRoot.at(root)).load()] == ["q1"]
 
 
 def test_standing_query_errors_name_what_is_wrong(client):
@@ -115,7 +116,7 @@ def test_webhooks_to_loopback_or_private_addresses_need_the_setting(engine, root
             detail = response.json()["detail"]
             assert response.status_code == 400 and "a loopback or private address" in detail, (url, detail)
             assert "monitor.webhooks.allow_private" in detail and "pw" not in detail and "abc" not in detail
-        assert QueryStore(root).load() == []
+        assert QueryStore(IndexRoot.at(root)).load() == []
         public = client.post("/api/watch", json={"kind": "black", "webhooks": [{"url": "https://93.184.215.14/hook"}]})
         assert public.status_code == 201, public.text
     with TestClient(create_app(engine, token=TOKEN, allow_private_webhooks=True)) as client:
@@ -131,10 +132,10 @@ def test_vidx_watch_add_refuses_a_private_webhook_unless_allowed(root, capsys):
     assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook"]) == 2
     err = capsys.readouterr().err
     assert "webhook url 'http://127.0.0.1:9/hook' points at 127.0.0.1" in err and "--allow-private" in err
-    assert len(err.strip().splitlines()) == 1 and QueryStore(root).load() == []
+    assert len(err.strip().splitlines()) == 1 and QueryStore(IndexRoot.at(root)).load() == []
     assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook",
                  "--allow-private"]) == 0
-    assert [w.url for w in QueryStore(root).get("q1").webhooks] == ["http://127.0.0.1:9/hook"]
+    assert [w.url for w in QueryStore(IndexRoot.at(root)).get("q1").webhooks] == ["http://127.0.0.1:9/hook"]
 
 
 def test_every_monitor_route_wants_the_token(engine, root):
@@ -331,8 +332,10 @@ from types import SimpleNamespace
 import uvicorn
 
 from indexer.server import create_app
+from indexer.store.root import IndexRoot
+from indexer.store.root import IndexRoot
 
-engine = SimpleNamespace(root=Path(sys.argv[1]), refresh=lambda force=False: False, streams=lambda: [])
+engine = SimpleNamespace(root=IndexRoot.at(sys.argv[1]), refresh=lambda force=False: False, streams=lambda: [])
 uvicorn.run(create_app(engine), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 

@@ -13,6 +13,7 @@ import pytest
 from indexer.monitor.queries import QueryStore
 from indexer.query.engine import QueryEngine
 from indexer.server import create_app
+from indexer.store.root import IndexRoot
 from tests.server.fakes import FakeEngine, alert, clip_file, commit, entry
 from tests.server.live import running_server
 
@@ -59,7 +60,7 @@ def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, t
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = chrome()
-    engine = QueryEngine.open(tiny_index.root)
+    engine = QueryEngine.open(IndexRoot.at(tiny_index.root))
     try:
         with serving(create_app(engine), driver) as url:
             driver.get(url + "/")
@@ -142,12 +143,12 @@ def test_monitor_adds_a_query_shows_alerts_as_they_are_committed_and_plays_their
             driver.find_element(By.ID, "watch-add").click()
             query = "const q = document.querySelector(\"li[data-query='q1']\"); return q && [q.className, q.textContent];"
             listed = wait.until(lambda d: d.execute_script(query))  # the list is redrawn: no element kept
-            secret = QueryStore(root).get("q1").webhooks[0].secret
+            secret = QueryStore(IndexRoot.at(root)).get("q1").webhooks[0].secret
             assert listed[0] == "query" and "a red van at the gate" in listed[1] and "cam" in listed[1]
             assert secret in driver.find_element(By.ID, "watch-status").text  # shown once, to copy
             driver.find_element(By.CSS_SELECTOR, "li[data-query='q1'] button.toggle").click()
             assert wait.until(lambda d: (d.execute_script(query) or [""])[0] == "query paused")
-            assert QueryStore(root).get("q1").paused
+            assert QueryStore(IndexRoot.at(root)).get("q1").paused
 
             # alerts committed after the page loaded arrive by the feed, newest on top
             wait.until(lambda d: d.find_element(By.ID, "feed-status").text.startswith("Live"))

@@ -11,6 +11,7 @@ from indexer.batches import EncodedBatch
 from indexer.media.reader import SourceInfo
 from indexer.settings import SearchSettings
 from indexer.store import IndexWriter, Layout
+from indexer.store.root import IndexRoot
 
 
 def layout(dim: int) -> Layout:
@@ -43,7 +44,7 @@ class EmbeddingWriter:
     """An IndexWriter fed embeddings per stream; `add` appends to a stream, `commit` commits."""
 
     def __init__(self, root: Path, dim: int, search: SearchSettings | None = None):
-        self.writer = IndexWriter(root, layout(dim), commit_interval_s=1e9, search=search)
+        self.writer = IndexWriter(IndexRoot.at(root), layout(dim), commit_interval_s=1e9, search=search)
         self.next: dict[str, int] = {}
 
     def add(self, stream_id: str, embedding: np.ndarray) -> None:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from indexer.query.search import FrameSearch
 from indexer.settings import SearchSettings
 from indexer.store import IndexReader, ann
+from indexer.store.root import IndexRoot
 from tests.store.embedded import EmbeddingWriter, clustered
 
 DIM = 64
@@ -31,9 +32,9 @@ def files_on_disk(root) -> set[str]:
 
 def test_the_manifest_records_the_approximate_index_and_readers_use_it(tmp_path):
     grow(tmp_path, 2000, seed=0)
-    assert IndexReader(tmp_path).manifest.approximate is None  # at most exact_max_vectors: exact
+    assert IndexReader(IndexRoot.at(tmp_path)).manifest.approximate is None  # at most exact_max_vectors: exact
     grow(tmp_path, 1000, seed=1)
-    index = IndexReader(tmp_path)
+    index = IndexReader(IndexRoot.at(tmp_path))
     a = index.manifest.approximate
     assert a is not None and index.manifest.vectors == []  # the shards went into it
     assert (a.factory, a.nlist, a.pq_bytes, a.metric) == (f"IVF{a.nlist},PQ64x4fs", 46, 32, "L2")
@@ -53,16 +54,16 @@ def test_the_manifest_records_the_approximate_index_and_readers_use_it(tmp_path)
 
 def test_the_index_grows_by_adding_tails_then_retrains_after_fourfold_growth(tmp_path):
     grow(tmp_path, 3000, seed=0)
-    first = IndexReader(tmp_path).manifest.approximate
+    first = IndexReader(IndexRoot.at(tmp_path)).manifest.approximate
     grow(tmp_path, 2000, seed=1)  # 2,000 left exact: a tail, not yet added
-    index = IndexReader(tmp_path)
+    index = IndexReader(IndexRoot.at(tmp_path))
     assert index.manifest.approximate == first and index.shard_vectors().ntotal == 2000
     grow(tmp_path, 1000, seed=2)  # 3,000 beyond it: added without retraining
-    added = IndexReader(tmp_path).manifest.approximate
+    added = IndexReader(IndexRoot.at(tmp_path)).manifest.approximate
     assert (added.frames, added.trained_frames, added.factory) == (6000, 3000, first.factory)
     assert [(c.first_frame_id, c.frames) for c in added.embeddings] == [(0, 3000), (3000, 3000)]
     grow(tmp_path, 6000, seed=3)  # 12,000 = 4 x 3,000: retrained on everything, one chunk
-    index = IndexReader(tmp_path)
+    index = IndexReader(IndexRoot.at(tmp_path))
     retrained = index.manifest.approximate
     assert retrained.trained_frames == retrained.frames == 12000 and retrained.nlist == 128
     assert [(c.first_frame_id, c.frames) for c in retrained.embeddings] == [(0, 12000)]
@@ -92,9 +93,9 @@ def test_a_crash_during_the_build_leaves_the_last_commit_and_its_files_are_remov
     child.join()
     assert child.exitcode == 9 and (tmp_path / "manifest.json").read_text() == before
     assert any(name.startswith("vectors/ivf-") for name in files_on_disk(tmp_path))  # written, not committed
-    assert IndexReader(tmp_path).manifest.approximate is None
+    assert IndexReader(IndexRoot.at(tmp_path)).manifest.approximate is None
     grow(tmp_path, 1000, seed=1)  # the next writer removes them, then builds again
-    index = IndexReader(tmp_path)
+    index = IndexReader(IndexRoot.at(tmp_path))
     assert index.manifest.approximate.frames == 3000 and files_on_disk(tmp_path) == index.manifest.approximate.files()
 
 
