@@ -111,7 +111,8 @@ def write_index(root: Path, embeddings: np.ndarray, streams: int, search: Search
             writer.commit()
 
     start = time.perf_counter()
-    writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9, search=SearchSettings(exact_max_vectors=n + 1))
+    writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9,
+                         search=SearchSettings(exact_max_vectors=n + 1))
     for s, rows in enumerate(np.array_split(np.arange(n - tail), streams)):  # frame ids follow this order
         append(writer, f"cam{s:02d}", rows)
     writer.close()

@@ -86,7 +86,8 @@ def live_start(repo: Path, command: str, config: Path, work: Path) -> tuple[floa
                 os.killpg(proc.pid, signal.SIGKILL)
     if first_commit is None:
         raise RuntimeError(f"vidx {command}: nothing committed; see {work / root.name}.log")
-    walls = [r["wall_time"] for r in IndexReader(IndexRoot.at(root)).timeline("live").to_pylist() if r["kind"] == "frame"]
+    rows = IndexReader(IndexRoot.at(root)).timeline("live").to_pylist()
+    walls = [r["wall_time"] for r in rows if r["kind"] == "frame"]
     if None in walls:
         raise RuntimeError(f"vidx {command} read the stream once it had ended (no longer live): "
                            f"make STREAM_S longer than the start-up")

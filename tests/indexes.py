@@ -122,7 +122,8 @@ def build_tiny_index(work: Path) -> TinyIndex:
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        summary = run_ingest([f"{v.stream_id}={v.path}" for v in videos.values()], IndexRoot.at(root), settings, progress=False)
+        summary = run_ingest([f"{v.stream_id}={v.path}" for v in videos.values()], IndexRoot.at(root), settings,
+                             progress=False)
     finally:
         if started_ray:  # other tests start their own Ray runtime
             ray.shutdown()

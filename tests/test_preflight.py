@@ -57,7 +57,8 @@ def fake_index(root: Path, fps: float = 1.0, complete: bool = True, uri: str = "
     entry = StreamEntry(stream_id=STREAM, uri=uri, protocol="file", live=False, fps=fps, next_index=6, frames=6,
                         duration_s=6.0, complete=complete)
     root.mkdir(parents=True, exist_ok=True)
-    write_atomic_json(IndexRoot.at(root).manifest, Manifest(layout=layout, streams={STREAM: entry}).model_dump(mode="json"))
+    manifest = Manifest(layout=layout, streams={STREAM: entry})
+    write_atomic_json(IndexRoot.at(root).manifest, manifest.model_dump(mode="json"))
     return root
 
 

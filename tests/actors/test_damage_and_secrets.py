@@ -50,7 +50,8 @@ def config(settings, tmp_path_factory) -> Path:  # noqa: F811
 
 def everything_written(root: Path) -> str:
     """Every byte under the index root except the 0600 file meant to hold the secrets."""
-    return "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file() and p != IndexRoot.at(root).source_uris)
+    secrets = IndexRoot.at(root).source_uris
+    return "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file() and p != secrets)
 
 
 @pytest.mark.parametrize(("fps", "says"), [("inf", "finite"), ("nan", "finite"),

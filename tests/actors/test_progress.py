@@ -45,8 +45,8 @@ def limits(settings, commit_interval_s: float, **ingest):  # noqa: F811
 def test_any_commit_interval_and_flow_limits_finish_a_file(tmp_path, settings, ray_runtime, commit_interval_s,  # noqa: F811
                                                            ingest):
     video = make_video(tmp_path / "a.mp4", duration_s=8, fps=FPS, gop=FPS)
-    summary = run_ingest([f"a={video}"], IndexRoot.at(tmp_path / "index"), limits(settings, commit_interval_s, **ingest),
-                         progress=False)
+    summary = run_ingest([f"a={video}"], IndexRoot.at(tmp_path / "index"),
+                         limits(settings, commit_interval_s, **ingest), progress=False)
     assert not summary.failed and not summary.interrupted, summary.lines()
     index = check_index(IndexRoot.at(tmp_path / "index"), {"a": 16})   # every sample once
     assert index.manifest.streams["a"].complete
@@ -98,7 +98,8 @@ def test_sigterm_stops_a_live_reader_held_at_its_uncommitted_limit(tmp_path, set
         driver = start_ingest([f"live={url}", f"a={video}", "--index", str(root), "--config", str(config)], log)
         try:
             # three frames fill the limit; more are committed only if the reader's waits get commits
-            wait_for(lambda: committed(root, "live") >= 6 and IndexReader(IndexRoot.at(root)).manifest.streams["a"].complete, 180,
+            wait_for(lambda: committed(root, "live") >= 6
+                     and IndexReader(IndexRoot.at(root)).manifest.streams["a"].complete, 180,
                      "live frames committed and the file done", driver, log)
             time.sleep(2.0)   # the driver has seen the file's reader end
             driver.send_signal(signal.SIGTERM)

@@ -183,8 +183,9 @@ def test_rule_alerts_do_not_wait_behind_a_verification_and_a_crash_then_repeats_
             writer.finish_stream("cam")
             writer.close()
             deadline = time.monotonic() + 120
-            while {a.query_id for a in AlertLog(IndexRoot.at(root)).alerts() if a.status == "closed"} != {"black", "frozen"}:
-                assert time.monotonic() < deadline, AlertLog(IndexRoot.at(root)).alerts()
+            index = IndexRoot.at(root)
+            while {a.query_id for a in AlertLog(index).alerts() if a.status == "closed"} != {"black", "frozen"}:
+                assert time.monotonic() < deadline, AlertLog(index).alerts()
                 time.sleep(0.1)
             assert stuck.entered.is_set() and not stuck.release.is_set()   # the disc is still being verified
             lanes = monitor.state.lanes
@@ -238,7 +239,7 @@ def test_model_evaluator_scores_with_the_retrieval_embedding_and_verifies_with_l
     from indexer.query.search import SearchFilter
     from indexer.store.index import IndexReader
 
-    evaluator = ModelEvaluator(tiny_index.root, tiny_index.settings)
+    evaluator = ModelEvaluator(IndexRoot.at(tiny_index.root), tiny_index.settings)
     rows = IndexReader(IndexRoot.at(tiny_index.root)).timeline("b", columns=FRAME_COLUMNS)
     frames = Frames.from_rows("b", rows.filter(pc.equal(rows["kind"], "frame")).sort_by("sample_index"))
     condition = "an orange board with a blue disc"
@@ -375,7 +376,7 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
             assert len(AlertLog(IndexRoot.at(root)).alerts()) == 1
             hook.status = 200   # the receiver recovers
             monitor.drain(10.0)
-            outbox = WebhookSender(root / "monitor" / "outbox")
+            outbox = WebhookSender(IndexRoot.at(root).outbox)
             dead = outbox.deliveries(state="dead")
             delivered = outbox.deliveries(state="delivered")
         assert {d.url for d in dead} == {f"http://127.0.0.1:{closed_port}/hook"} and len(dead) == 2

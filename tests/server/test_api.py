@@ -38,7 +38,8 @@ def client(engine):
 @pytest.fixture(scope="module")
 def rows(tiny_index) -> dict[int, dict]:
     """frame id -> its timeline row (the truth the answers are checked against)."""
-    table = IndexReader(IndexRoot.at(tiny_index.root)).timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
+    index = IndexReader(IndexRoot.at(tiny_index.root))
+    table = index.timeline(columns=["frame_id", "stream_id", "pts_s", "kind"]).to_pylist()
     return {r["frame_id"]: r for r in table if r["kind"] == "frame"}
 
 

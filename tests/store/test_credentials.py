@@ -21,7 +21,8 @@ def test_the_password_is_kept_private_and_a_new_one_resumes_the_same_stream(tmp_
     w.close()
     entry = IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"]
     assert entry.uri == "rtsp://admin:***@10.0.0.5/live?token=***&ch=1"
-    timeline = IndexReader(IndexRoot.at(tmp_path)).timeline("cam", columns=["source_uri"]).column("source_uri").to_pylist()
+    index = IndexReader(IndexRoot.at(tmp_path))
+    timeline = index.timeline("cam", columns=["source_uri"]).column("source_uri").to_pylist()
     assert set(timeline) == {entry.uri}
     kept = IndexRoot.at(tmp_path).source_uris
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
@@ -38,4 +39,5 @@ def test_a_uri_without_secrets_writes_no_secrets_file(tmp_path):
     w = open_cam(tmp_path, "rtsp://10.0.0.5/live")
     w.close()
     assert not IndexRoot.at(tmp_path).source_uris.exists()
-    assert source_uri(IndexRoot.at(tmp_path), IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"]) == "rtsp://10.0.0.5/live"
+    root = IndexRoot.at(tmp_path)
+    assert source_uri(root, IndexReader(root).manifest.streams["cam"]) == "rtsp://10.0.0.5/live"

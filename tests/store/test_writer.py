@@ -215,14 +215,16 @@ def test_a_live_readers_liveness_report_is_committed_until_a_later_frame_proves_
     generation = w.commit()
     w.report_liveness("cam", Liveness(reported_at=1015.0, waiting_since=1001.0))
     assert w.commit() == generation + 1   # the report alone makes a commit: the monitor sees the outage grow
-    assert IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"].liveness == Liveness(reported_at=1015.0, waiting_since=1001.0)
+    liveness = IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"].liveness
+    assert liveness == Liveness(reported_at=1015.0, waiting_since=1001.0)
     assert IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"].liveness.waited_s == 14.0
     back = batch(2, 1, gaps=[Gap(1.0, 2.0, "connection lost", 1001.0, 1020.0, 2)])
     back.wall_time[:] = [1020.0]
     w.append(back)   # the report from before the frames came arrives after them
     w.report_liveness("cam", Liveness(reported_at=1019.5, waiting_since=1001.0))
     w.commit()
-    assert IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"].liveness == Liveness(reported_at=1019.5, waiting_since=None)
+    liveness = IndexReader(IndexRoot.at(tmp_path)).manifest.streams["cam"].liveness
+    assert liveness == Liveness(reported_at=1019.5, waiting_since=None)
     w.close()
 
 
