@@ -218,8 +218,8 @@ class IndexRoot:
 
     # -- locks ----------------------------------------------------------------------------------------
     def lock_writer(self) -> RootLock:
-        """The one writer's lock: a second writer (or `vidx repair`) is refused at once."""
-        self.create()
+        """The one writer's lock: a second writer (or `vidx repair`) is refused at once. The root
+        must exist (a mistyped root is not created here)."""
         return _lock(self.writer_lock_file, f"{self.path}: another process is writing this index (holds "
                                             f"{self.writer_lock_file.name}); wait for it or stop it first")
 

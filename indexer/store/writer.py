@@ -59,6 +59,7 @@ class IndexWriter:
     def __init__(self, root: IndexRoot, layout: Layout, commit_interval_s: float = 5.0,
                  max_vector_shards: int = 32, search: SearchSettings | None = None):
         self.root = root
+        root.create()
         self._lock = root.lock_writer()
         try:
             manifest = read_manifest(self.root)

@@ -119,6 +119,7 @@ def _holder(root: IndexRoot, which: str) -> subprocess.Popen:
 @pytest.mark.parametrize("which", ["lock_writer", "lock_monitor"])
 def test_a_second_holder_is_refused_naming_the_root_until_the_first_process_dies(tmp_path, which):
     root = IndexRoot.at(tmp_path / "index")
+    root.create()
     child = _holder(root, which)
     try:
         with pytest.raises(RuntimeError) as refused:
