@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: `vidx --help` builds its parser without pydantic
     from indexer.settings import Settings
 
 

@@ -12,8 +12,8 @@ from indexer.media.capture_process import (
     RemoteCapture,
     RingSettings,
 )
-from indexer.media.ring import ring_dir
 from indexer.media.source import Source, SourceError
+from indexer.monitor.queries import ring_dir
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest
 

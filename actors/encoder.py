@@ -14,7 +14,7 @@ import ray
 
 from indexer.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: the model stack is imported in the actor's __init__, on its worker
     from indexer.batches import EncodedBatch, FrameBatch
     from indexer.store.manifest import Layout
 

@@ -36,7 +36,7 @@ from indexer.settings import Settings, resolve_model_paths, save_index_settings
 from indexer.store.manifest import read_manifest
 from indexer.store.repair import check_index
 
-if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
+if TYPE_CHECKING:  # not a loop: Ray and the actors are imported once live sources are being read (_ingest_on_ray)
     from actors.reader import StreamSummary
 
 logger = logging.getLogger(__name__)

@@ -48,8 +48,9 @@ CONDITION = "a person climbs over the fence"
 
 def calibrated_range(settings, video: Path, condition: str, pass_share: float) -> tuple[float, float]:
     """A score_range whose sensitivity-0.5 threshold passes `pass_share` of the video's frames."""
+    from indexer.batches import SampledFrame
     from indexer.embedding import ImageTextEmbedder
-    from indexer.media import SampledFrame, SourceReader, parse_source
+    from indexer.media import SourceReader, parse_source
 
     embedder = ImageTextEmbedder(settings.embedding.model)
     images = [s.image for s in SourceReader(parse_source(str(video)), settings.reader).samples()

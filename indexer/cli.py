@@ -155,7 +155,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from indexer.media.source import redact_uri
+    from indexer.redaction import redact_uri
     from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, Webhook, check_webhook_address
     from indexer.monitor.webhooks import delivery_states, read_deliveries
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
@@ -228,7 +228,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _webhook_text(url: str, deliveries: list) -> str:
     """A webhook as `vidx watch list` shows it: its URL and how its deliveries went."""
-    from indexer.media.source import redact_uri
+    from indexer.redaction import redact_uri
     from indexer.monitor.webhooks import delivery_states
 
     summary = delivery_states(deliveries)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+from indexer.settings import Settings
+
+if TYPE_CHECKING:  # not a loop: PyAV and FAISS load where sources are read and indexes written, not here
     from indexer.media.source import Source
-    from indexer.settings import Settings
     from indexer.store.manifest import StreamEntry
 
 TINY_REMEDY = ("for a first try, make the tiny random models with `vidx tiny out/tiny` and pass --config "
@@ -120,7 +121,7 @@ class IngestPlan:
 def plan_ingest(sources: list[Source], root: Path, fps: float) -> IngestPlan:
     """Fails on a root that another process writes, or a source that the index holds at another
     fps or under another URI (the writer checks the same again)."""
-    from indexer.media.source import redact_uri
+    from indexer.redaction import redact_uri
     from indexer.store.manifest import read_manifest
 
     manifest = read_manifest(root)

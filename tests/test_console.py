@@ -15,7 +15,8 @@ import ray
 from indexer.cli import build_parser
 from indexer.console import EXIT_BROKEN_PIPE, error_line, plural, run_command
 from indexer.media.reader import SourceReader
-from indexer.media.source import ReaderOptions, SourceError, parse_source
+from indexer.media.source import SourceError, parse_source
+from indexer.settings import ReaderOptions
 from indexer.stream_ids import match_stream_id
 from tests.actors.jobs import REPO, driver_env
 

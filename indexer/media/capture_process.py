@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from indexer.batches import Gap, SampledFrame, SourceInfo
 from indexer.media.capture import LiveCapture
-from indexer.media.reader import Gap, SampledFrame, SourceInfo
-from indexer.media.source import ReaderOptions, Source, SourceError
+from indexer.media.source import Source, SourceError
+from indexer.settings import ReaderOptions
 
 logger = logging.getLogger(__name__)
 

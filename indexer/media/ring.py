@@ -25,7 +25,6 @@ from pathlib import Path
 import av
 
 from indexer.media.sampling import MPEG_TS_WRAP_S
-from indexer.monitor.queries import MONITOR_DIR
 from indexer.store.files import TMP_SUFFIX, fsync_dir, write_atomic_json
 
 logger = logging.getLogger(__name__)
@@ -213,11 +212,6 @@ class SegmentRing:
             logger.warning("ring %s: cannot finish %s: %s", self.directory, segment.path.name, exc)
 
 
-def ring_dir(root: str | Path, stream_id: str) -> Path:
-    """Where a live stream's reader keeps its recent segments for alert clips."""
-    return Path(root) / MONITOR_DIR / "ring" / stream_id
-
-
 def ring_segments(directory: Path) -> list[RingSegment]:
     """Finished segments in `directory`, oldest first (a segment without a sidecar is unfinished)."""
     segments = []
@@ -257,4 +251,4 @@ def _remove_unfinished(directory: Path) -> int:
     return highest
 
 
-__all__ = ["RingSegment", "SegmentRing", "ring_dir", "ring_segments"]
+__all__ = ["RingSegment", "SegmentRing", "ring_segments"]

@@ -16,14 +16,12 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from indexer.monitor.frames import Frames
-
-if TYPE_CHECKING:
-    from indexer.settings import Settings
+from indexer.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Self
 
 from indexer.media.clips import cut_clip
-from indexer.media.ring import ring_dir, ring_segments  # ring_dir: re-exported
+from indexer.media.ring import ring_segments
 from indexer.monitor.alerts import Alert, AlertLog, write_alerts
 from indexer.monitor.conditions import ConditionEvaluator, load_evaluator
 from indexer.monitor.lanes import LANES, Lane
-from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery
+from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, ring_dir  # ring_dir: re-exported
 from indexer.monitor.state import LaneState, PendingClose, read_state, write_state
 from indexer.monitor.webhooks import WebhookSender
 from indexer.settings import Settings

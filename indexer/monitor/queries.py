@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from indexer.media.source import redact_uri
+from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 
 MONITOR_DIR = "monitor"
@@ -40,6 +40,12 @@ QUERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # whose meaning differs between regex engines), as the JSON schema of the HTTP API shows it
 WEBHOOK_URL = re.compile(r"^https?://(?:[^ \t\r\n/?#@\[\]\\]*@)?[^ \t\r\n/?#@:\[\]\\]+(?::[0-9]{1,5})?"
                          r"(?:[/?#][^ \t\r\n]*)?$")
+
+
+def ring_dir(root: str | os.PathLike, stream_id: str) -> Path:
+    """Where a live stream's reader keeps its recent segments for alert clips. Named by the
+    monitor, whose folder it is, not by indexer.media.ring: media does not import the monitor."""
+    return Path(root) / MONITOR_DIR / "ring" / stream_id
 
 
 class Webhook(BaseModel):
@@ -225,4 +231,5 @@ __all__ = [
     "StandingQuery",
     "Webhook",
     "check_webhook_address",
+    "ring_dir",
 ]

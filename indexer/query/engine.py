@@ -21,7 +21,8 @@ from indexer.embedding import ImageTextEmbedder
 from indexer.encoding import model_fingerprint
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.conversation import get_template
-from indexer.llm.base import LLMBackend, llm_parts, make_backend
+from indexer.llm.backends import make_backend
+from indexer.llm.base import LLMBackend, llm_parts
 from indexer.query.answer import Answer, Citation
 from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
 from indexer.query.prompt import (

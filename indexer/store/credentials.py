@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from indexer.media.source import redact_uri
+from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 from indexer.store.manifest import StreamEntry
 

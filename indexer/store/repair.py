@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.store import vectors as vec
-from indexer.store.integrity import IndexDamaged, checksum_file, damaged_files
+from indexer.store.integrity import IndexDamaged, checksum_file
 from indexer.store.manifest import (
     MANIFEST,
     PREVIOUS_MANIFEST,
@@ -37,7 +37,7 @@ def check_index(root: str | os.PathLike, full: bool = False) -> list[IndexDamage
     (`full`) by every byte. An empty list for a root with no index yet."""
     root = Path(root)
     manifest = read_manifest(root)
-    return damaged_files(root, manifest, full) if manifest is not None else []
+    return manifest.damaged_files(root, full) if manifest is not None else []
 
 
 def repair_index(root: str | os.PathLike) -> list[str]:
@@ -60,7 +60,7 @@ def _repair(root: Path) -> list[str]:
     if manifest is None:
         raise FileNotFoundError(f"{root}: no index here (no {MANIFEST})")
     listed = manifest.files()
-    damaged = {d.file: d.reason for d in damaged_files(root, manifest, full=True)}
+    damaged = {d.file: d.reason for d in manifest.damaged_files(root, full=True)}
     dropped_frames = 0
     for entry in manifest.streams.values():
         dropped = _roll_back(root, entry, damaged)

@@ -257,7 +257,7 @@ def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
     the signal_lost rule turns each outage of at least min_duration_s into one alert."""
     from dataclasses import replace
 
-    from indexer.media.reader import Gap
+    from indexer.batches import Gap
 
     settings, info, batches, layout = encoded
     root = tmp_path / "index"
@@ -291,7 +291,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
     written when the outage ends is that alert, not a second one."""
     from dataclasses import replace
 
-    from indexer.media.reader import Gap
+    from indexer.batches import Gap
     from indexer.store.manifest import Liveness
 
     settings, info, batches, layout = encoded

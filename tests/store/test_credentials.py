@@ -2,7 +2,7 @@
 
 import stat
 
-from indexer.media.reader import SourceInfo
+from indexer.batches import SourceInfo
 from indexer.store import IndexReader, IndexWriter
 from indexer.store.credentials import SOURCE_URIS, source_uri
 from tests.store.test_writer import LAYOUT, batch
