@@ -1,10 +1,13 @@
-"""`vidx`: the command line of llamavid-indexer."""
+"""The library's commands of `vidx`: info, repair, tiny, ask, export-llm, watch, serve. The
+commands that start Ray jobs (ingest, monitor, demo) are added by actors/cli.py, the `vidx`
+console script: `indexer` never imports `actors`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 logger = logging.getLogger("indexer")
 
@@ -47,12 +50,6 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
                     num_query=args.num_query, weights_format=args.format, weights_dtype=args.dtype)
     print("\n".join(write_tiny(args.out, spec).lines()))
     return 0
-
-
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    from actors.ingest import ingest_from_args
-
-    return ingest_from_args(args)
 
 
 def parse_time(text: str) -> float:
@@ -207,8 +204,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     if args.action == "rm":
         print(f"removed {store.remove(args.query_id).id}")
         return 0
-    from actors.monitor import alert_line
-    from indexer.monitor.alerts import AlertLog
+    from indexer.monitor.alerts import AlertLog, alert_line
 
     stream = resolve_stream_ids([args.stream], root)[0] if args.stream and index_stream_ids(root) else args.stream
     alerts = AlertLog(root).alerts(stream_id=stream, query_id=args.query, limit=args.limit)
@@ -274,12 +270,6 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=_cmd_watch)
 
 
-def _cmd_monitor(args: argparse.Namespace) -> int:
-    from actors.monitor import monitor_from_args
-
-    return monitor_from_args(args)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -292,13 +282,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from actors.demo import run_demo
-
-    return run_demo(args.out)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_job_commands: Callable[[argparse._SubParsersAction], None] | None = None
+                 ) -> argparse.ArgumentParser:
+    """`vidx`'s parser: the library's commands, then those `add_job_commands` adds to the same
+    subcommands (actors/cli.py: the ones that start Ray jobs)."""
     parser = argparse.ArgumentParser(prog="vidx", description="Index and question hours of video with LLaMA-VID.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log progress, loading details, library and Ray actor output, and full tracebacks")
@@ -334,12 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dtype of the stored weights (default %(default)s)")
     tiny.set_defaults(func=_cmd_tiny)
 
-    from actors.arguments import add_ingest_arguments, add_monitor_arguments
-
-    ingest = sub.add_parser("ingest", help="index sources (files, URLs, live streams) into an index root on Ray")
-    add_ingest_arguments(ingest)
-    ingest.set_defaults(func=_cmd_ingest)
-
     ask = sub.add_parser("ask", help="ask a question over an index; the answer cites the moments it used")
     ask.add_argument("index", help="index root written by vidx ingest")
     ask.add_argument("question", help='the question, e.g. "when does the courier leave the parcel?"')
@@ -355,11 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_llm(sub)
     _add_watch(sub)
 
-    monitor = sub.add_parser("monitor", help="ingest sources with the index's standing queries running; prints "
-                                             "alerts as they fire")
-    add_monitor_arguments(monitor)
-    monitor.set_defaults(func=_cmd_monitor)
-
     serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
                                          "click to play)")
     serve.add_argument("index", help="index root written by vidx ingest")
@@ -373,12 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve source files only from this folder (repeat for several; default: any file a "
                             "stream of the index names)")
     serve.set_defaults(func=_cmd_serve)
+    if add_job_commands is not None:
+        add_job_commands(sub)
 
-    demo = sub.add_parser("demo", help="the main job in under a minute on the CPU: tiny models, a generated clip "
-                                       "with planted scenes, ingest on Ray, search by image and text, a cited answer")
-    demo.add_argument("--out", default="out/demo", help="folder for the models, clip, index and thumbnails "
-                                                        "(default: %(default)s; made again on each run)")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -391,15 +364,14 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse and run one command through `run_command` (one-line errors, exit codes). `parser`:
+    `vidx`'s whole parser (actors/cli.py passes it); default: the library's commands only."""
     from indexer.console import quiet_libraries, run_command
 
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries(args.verbose)
     return run_command(f"vidx {args.command}", lambda: args.func(args), verbose=args.verbose)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

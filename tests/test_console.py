@@ -12,7 +12,7 @@ import sys
 import pytest
 import ray
 
-from indexer.cli import build_parser
+from actors.cli import build_parser
 from indexer.console import EXIT_BROKEN_PIPE, error_line, plural, run_command
 from indexer.media.reader import SourceReader
 from indexer.media.source import SourceError, parse_source
@@ -104,7 +104,7 @@ def test_stream_id_prefixes():
 
 
 def vidx(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], cwd=REPO, env=driver_env(),
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=REPO, env=driver_env(),
                           capture_output=True, text=True, timeout=120, check=False, **kwargs)
 
 
@@ -136,7 +136,7 @@ def test_no_broken_pipe_traceback_when_the_reader_goes_away(tmp_path):
     root = tmp_path / "idx"
     for n in range(3):
         assert vidx("watch", "add", str(root), f"condition {n}").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "watch", "list", str(root)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "watch", "list", str(root)], cwd=REPO,
                             env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # as `| head -0` does, before vidx writes a line
     _, err = proc.communicate(timeout=120)

@@ -51,7 +51,7 @@ def test_invalid_queries_name_the_field(fields, message):
 
 def test_vidx_watch_commands(tmp_path):
     def vidx(*args):
-        return subprocess.run([sys.executable, "-m", "indexer.cli", "watch", *args], cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "actors.cli", "watch", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120, check=False)
 
     added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h", "--allow-private",

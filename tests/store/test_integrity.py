@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.cli import main
+from actors.cli import main
 from indexer.store import IndexReader, IndexWriter
 from indexer.store.integrity import IndexDamaged
 from indexer.store.manifest import MANIFEST, read_manifest
