@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.monitor import run_monitor
 from indexer.monitor.alerts import AlertLog
-from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.monitor.queries import QueryStore, Webhook
 from tests.indexes import tiny_settings
 from tests.monitor.receiver import receiver
 from tests.monitor.scenes import make_scene_video
@@ -74,9 +74,9 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
     root.mkdir()
     with receiver() as hook, contextlib.ExitStack() as stack:
         store = QueryStore(root)
-        store.add(StandingQuery(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
-                                webhooks=[Webhook(url=hook.url, secret=SECRET)]))
-        store.add(StandingQuery(id="person", condition=CONDITION))
+        store.create(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
+                     webhooks=[Webhook(url=hook.url, secret=SECRET)], allow_private_webhooks=True)
+        store.create(id="person", condition=CONDITION)
         urls = [stack.enter_context(udp_mpegts(duration_s, fps=10, size=(160, 120), start_delay_s=5.0,
                                                source=video if i % 2 == 0 else video2)) for i in range(n)]
         stop = threading.Event()

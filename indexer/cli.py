@@ -152,34 +152,28 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from indexer.redaction import redact_uri
-    from indexer.monitor.queries import MONITOR_DIR, QueryStore, StandingQuery, Webhook, check_webhook_address
+    from indexer.monitor.queries import MONITOR_DIR, QueryStore
     from indexer.monitor.webhooks import delivery_states, read_deliveries
+    from indexer.redaction import redact_uri
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
     root = Path(args.index).expanduser()
     kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
     if args.action == "add" and (kind == "condition") == (args.condition is None):
         raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
-    for url in (args.webhook or []) if args.action == "add" else []:
-        check_webhook_address(url, allow_private=args.allow_private)
-    if args.action == "add":  # queries may come first: `vidx monitor` ingests into the folder later
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
+    if args.action != "add" and not root.is_dir():  # add: queries may come first, `vidx monitor` ingests later
         raise FileNotFoundError(f"{root}: no such index folder (vidx watch add, vidx ingest or vidx monitor "
                                 "creates it)")
     store = QueryStore(root)
     deliveries = [] if args.action == "add" else read_deliveries(root / MONITOR_DIR / "outbox")
     if args.action == "add":
-        secret = {"secret": args.secret} if args.secret else {}
+        secret = {"secret": args.secret} if args.secret else {}  # left out: a random one per webhook
         known = index_stream_ids(root) or []  # a stream not there yet is watched when it comes
         streams = [match_stream_id(sid, known) or sid for sid in args.stream or []]
-        query = StandingQuery(
-            id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=streams,
-            sensitivity=args.sensitivity, cooldown_s=args.cooldown,
-            min_duration_s=args.min_duration,
-            webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
-        store.add(query)
+        query = store.create(id=args.id, kind=kind, condition=args.condition, streams=streams,
+                             sensitivity=args.sensitivity, cooldown_s=args.cooldown, min_duration_s=args.min_duration,
+                             webhooks=[{"url": url, **secret} for url in args.webhook or []],
+                             allow_private_webhooks=args.allow_private)
         print(f"added {query.id}: {query.describe()}")
         for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
             print(f"  webhook {redact_uri(hook.url)} secret " + ("as given (--secret)" if args.secret else hook.secret))
@@ -224,8 +218,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _webhook_text(url: str, deliveries: list) -> str:
     """A webhook as `vidx watch list` shows it: its URL and how its deliveries went."""
-    from indexer.redaction import redact_uri
     from indexer.monitor.webhooks import delivery_states
+    from indexer.redaction import redact_uri
 
     summary = delivery_states(deliveries)
     return f"{redact_uri(url)} [{summary}]" if summary else redact_uri(url)

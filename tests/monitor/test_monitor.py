@@ -19,7 +19,7 @@ from indexer.media.source import parse_source
 from indexer.monitor import monitor as monitor_module
 from indexer.monitor.alerts import AlertLog
 from indexer.monitor.monitor import Monitor
-from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.monitor.queries import QueryStore, Webhook
 from indexer.store.writer import IndexWriter
 from tests.indexes import tiny_settings
 from tests.monitor.colour import ColourDetector
@@ -51,9 +51,10 @@ def encoded(tmp_path_factory):
 def queries(root, url: str) -> None:
     store = QueryStore(root)
     hooks = [Webhook(url=url, secret=SECRET)]
-    store.add(StandingQuery(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5))
-    store.add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=hooks))
-    store.add(StandingQuery(id="frozen", kind="frozen", min_duration_s=3.0, webhooks=hooks))
+    store.create(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5,
+                 allow_private_webhooks=True)  # the receivers listen on 127.0.0.1
+    store.create(id="black", kind="black", min_duration_s=2.0, webhooks=hooks, allow_private_webhooks=True)
+    store.create(id="frozen", kind="frozen", min_duration_s=3.0, webhooks=hooks, allow_private_webhooks=True)
 
 
 def feed(root, encoded, batches: slice, writer: IndexWriter | None = None, on_commit=None) -> IndexWriter:
@@ -209,8 +210,8 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     store = QueryStore(root)
     with Monitor(root, encoded[0]) as monitor:
         writer = feed(root, encoded, slice(0, 2), on_commit=monitor.poll)     # 0-7 s: nothing asked yet
-        store.add(StandingQuery(id="disc", condition="an orange board with a blue disc"))
-        store.add(StandingQuery(id="black", kind="black", paused=True))
+        store.create(id="disc", condition="an orange board with a blue disc")
+        store.create(id="black", kind="black", paused=True)
         feed(root, encoded, slice(2, 4), writer, on_commit=monitor.poll)       # 8-15 s
         opened = AlertLog(root).alerts()
         # a query added late sees frames from then on: the disc (6-10 s) is caught from 8 s
@@ -263,7 +264,7 @@ def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
     root = tmp_path / "index"
     root.mkdir()
     store = QueryStore(root)
-    store.add(StandingQuery(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0))
+    store.create(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0)
     writer = IndexWriter(root, layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "file")
     outages = {1: Gap(7.0, 12.0, "connection lost: timed out", 1e9 + 7, 1e9 + 12, 8),
@@ -301,7 +302,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
     live = [replace(b, wall_time=t0 + b.pts_s) for b in batches]
     root = tmp_path / "index"
     root.mkdir()
-    QueryStore(root).add(StandingQuery(id="lost", kind="signal_lost", cooldown_s=0.0))
+    QueryStore(root).create(id="lost", kind="signal_lost", cooldown_s=0.0)
     writer = IndexWriter(root, layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "rtsp")
 
@@ -362,8 +363,8 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
     root.mkdir()
     with receiver() as hook:
         hook.status = 500
-        QueryStore(root).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
-            Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]))
+        QueryStore(root).create(id="black", kind="black", min_duration_s=2.0, allow_private_webhooks=True, webhooks=[
+            Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)])
         with Monitor(root, settings) as monitor:
             started = time.monotonic()
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)
