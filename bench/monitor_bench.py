@@ -52,7 +52,7 @@ def calibrated_range(settings, video: Path, condition: str, pass_share: float) -
     from indexer.embedding import ImageTextEmbedder
     from indexer.media import SourceReader, parse_source
 
-    embedder = ImageTextEmbedder(settings.embedding.model)
+    embedder = ImageTextEmbedder.from_settings(settings)
     images = [s.image for s in SourceReader(parse_source(str(video)), settings.reader).samples()
               if isinstance(s, SampledFrame)]
     scores = embedder.embed_images(images) @ embedder.embed_texts([condition])[0]

@@ -361,11 +361,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse and run one command through `run_command` (one-line errors, exit codes). `parser`:
     `vidx`'s whole parser (actors/cli.py passes it); default: the library's commands only."""
-    from indexer.console import quiet_libraries, run_command
+    from indexer.console import run_parsed
 
-    args = (parser or build_parser()).parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries(args.verbose)
-    return run_command(f"vidx {args.command}", lambda: args.func(args), verbose=args.verbose)
+    return run_parsed(parser or build_parser(), argv, lambda args: f"vidx {args.command}", lambda args: args.func(args))
 

@@ -64,7 +64,7 @@ class QueryEngine:
         settings = load_index_settings(root) if settings is None else resolve_model_paths(settings)
         m = settings.model
         model = LlamaVid.from_settings(m, parts=llm_parts(settings.llm))
-        embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
+        embedder = ImageTextEmbedder.from_settings(settings)
         layout = index.layout
         if layout is not None:
             if model_fingerprint(model) != layout.model_fingerprint:
