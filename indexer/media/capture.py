@@ -32,7 +32,7 @@ from indexer.media.reader import SourceReader
 from indexer.media.source import Source, SourceError
 from indexer.settings import ReaderOptions
 
-if TYPE_CHECKING:  # ring.py needs indexer.store, whose package imports the reader
+if TYPE_CHECKING:  # not a loop: ring.py pulls in the indexer.store package (FAISS, Arrow), kept out of here
     from indexer.media.ring import SegmentRing
 
 logger = logging.getLogger(__name__)
