@@ -1,4 +1,5 @@
-"""What a source is (a path or URL), how FFmpeg is told to open it, and what it turned out to be."""
+"""What a source is (a path or URL) and how FFmpeg is told to open it. What it turned out to be
+(`SourceInfo`) is in indexer.batches, how it is read (`ReaderOptions`) in indexer.settings."""
 
 from __future__ import annotations
 
