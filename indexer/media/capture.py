@@ -23,17 +23,14 @@ import threading
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexer.batches import Gap, SampledFrame, SourceInfo
 from indexer.media.reader import SourceReader
+from indexer.media.ring import SegmentRing
 from indexer.media.source import Source, SourceError
 from indexer.settings import ReaderOptions
-
-if TYPE_CHECKING:  # not a loop: ring.py pulls in the indexer.store package (FAISS, Arrow), kept out of here
-    from indexer.media.ring import SegmentRing
 
 logger = logging.getLogger(__name__)
 

@@ -16,21 +16,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from indexer.batches import Gap, SampledFrame, SourceInfo
+from indexer.media.ring import SegmentRing
 from indexer.media.sampling import MediaClock, PtsSampler, Sample, grid_time
 from indexer.media.source import Source, SourceError, open_arguments
 from indexer.media.subtitles import SubtitleTrack
 from indexer.redaction import redact_text, redact_uri
 from indexer.settings import ReaderOptions
-
-# not a loop: ring.py pulls in the indexer.store package (FAISS, Arrow), which a reader of files needs not
-if TYPE_CHECKING:
-    from indexer.media.ring import SegmentRing
 
 logger = logging.getLogger(__name__)
 
