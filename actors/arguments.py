@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: `vidx --help` builds its parser without pydantic
     from indexer.settings import Settings
     from indexer.store.root import IndexRoot
 
@@ -60,17 +59,13 @@ def job_main(name: str, description: str, add_arguments: Callable[[argparse.Argu
              run: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
     """`python -m actors.NAME`: parse, then run through the wrapper `vidx` uses (one-line errors,
     the same exit codes)."""
-    from indexer.console import quiet_libraries, run_command
+    from indexer.console import run_parsed
 
     parser = argparse.ArgumentParser(prog=f"python -m actors.{name}", description=description)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log progress, library and actor output, and full tracebacks")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries(args.verbose)
-    return run_command(name, lambda: run(args), verbose=args.verbose)
+    return run_parsed(parser, argv, lambda args: name, run)
 
 
 __all__ = ["add_ingest_arguments", "add_monitor_arguments", "job_main", "settings_from_args", "show_progress"]

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import ray
 
+from indexer.batches import EncodedBatch, FrameBatch
 from indexer.settings import Settings
-
-if TYPE_CHECKING:
-    from indexer.batches import EncodedBatch, FrameBatch
-    from indexer.store.manifest import Layout
+from indexer.store.manifest import Layout
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)

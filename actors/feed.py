@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from indexer.batches import Gap, SampledFrame, SourceInfo
 from indexer.media.capture_process import RemoteCapture
-from indexer.media.reader import Gap, SampledFrame, SourceInfo
 from indexer.media.source import Source, SourceError
 
 logger = logging.getLogger(__name__)

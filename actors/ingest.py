@@ -36,7 +36,7 @@ from indexer.store.manifest import read_manifest
 from indexer.store.repair import check_index
 from indexer.store.root import IndexRoot
 
-if TYPE_CHECKING:  # Ray and the actors are imported once live sources are being read (_ingest_on_ray)
+if TYPE_CHECKING:  # not a loop: Ray and the actors are imported once live sources are being read (_ingest_on_ray)
     from actors.reader import StreamSummary
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from actors.arguments import (
     show_progress,
 )
 from actors.ingest import IngestSummary, run_ingest
-from indexer.monitor.alerts import Alert
+from indexer.monitor.alerts import Alert, alert_line
 from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore
 from indexer.settings import Settings
@@ -77,17 +77,6 @@ def _wait_for_signal(stop: threading.Event) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def alert_line(alert: Alert) -> str:
-    """One line per alert row, as `vidx monitor` prints them."""
-    from indexer.query.prompt import clock
-
-    when = clock(alert.start_s) + (f"-{clock(alert.end_s)}" if alert.end_s is not None else "")
-    head = "ALERT" if alert.status == "open" else "ENDED"
-    clip = f" clip={alert.clip}" if alert.clip else ""
-    answer = alert.answer.replace("\n", " ")[:120]
-    return f"{head} {alert.alert_id} [{alert.stream_id} {when}] {alert.query_id}: {alert.condition} | {answer}{clip}"
 
 
 def monitor_from_args(args: argparse.Namespace) -> int:

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import ray
 
 from actors.feed import FedSource, Feed
-from indexer.batches import FrameBatch
-from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
+from indexer.batches import FrameBatch, Gap, SampledFrame, SourceInfo
+from indexer.media.reader import SourceReader
 from indexer.media.ring import SegmentRing
-from indexer.media.source import Source, SourceError, redact_uri
+from indexer.media.source import Source, SourceError
+from indexer.redaction import redact_uri
 from indexer.settings import Settings
 from indexer.store.manifest import Liveness
 from indexer.store.root import IndexRoot

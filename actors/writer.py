@@ -12,8 +12,7 @@ import threading
 
 import ray
 
-from indexer.batches import EncodedBatch
-from indexer.media.reader import SourceInfo
+from indexer.batches import EncodedBatch, SourceInfo
 from indexer.settings import SearchSettings
 from indexer.store import AppendResult, IndexWriter, Layout, StreamEntry
 from indexer.store.manifest import Liveness

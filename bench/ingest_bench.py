@@ -29,11 +29,12 @@ import torch
 from model_bench import real_dims_model
 
 from actors.ingest import run_ingest
+from indexer.batches import SampledFrame
 from indexer.embedding import make_tiny_clip
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.tiny import make_tiny_checkpoint
-from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_source
-from indexer.settings import Settings, load_settings
+from indexer.media import SourceReader, parse_source
+from indexer.settings import ReaderOptions, Settings, load_settings
 from indexer.store import IndexReader
 from indexer.store.features import Float16Features, Int4Features
 from indexer.store.root import IndexRoot
@@ -45,7 +46,7 @@ REAL_FEATURES = (257, 1408)  # EVA ViT-g at 224 px: 1 + 16 x 16 patches, 1408 ch
 # across fork and exec, so a child of this (torch-sized) process would report the parent's peak.
 RSS_CHILD = """
 import sys
-from indexer.media import ReaderOptions, SourceReader, parse_source
+from indexer.media import SourceReader, parse_source
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 rss = status("VmRSS")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.monitor import run_monitor
 from indexer.monitor.alerts import AlertLog
-from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.monitor.queries import QueryStore, Webhook
 from indexer.store.root import IndexRoot
 from tests.indexes import tiny_settings
 from tests.monitor.receiver import receiver
@@ -49,10 +49,11 @@ CONDITION = "a person climbs over the fence"
 
 def calibrated_range(settings, video: Path, condition: str, pass_share: float) -> tuple[float, float]:
     """A score_range whose sensitivity-0.5 threshold passes `pass_share` of the video's frames."""
+    from indexer.batches import SampledFrame
     from indexer.embedding import ImageTextEmbedder
-    from indexer.media import SampledFrame, SourceReader, parse_source
+    from indexer.media import SourceReader, parse_source
 
-    embedder = ImageTextEmbedder(settings.embedding.model)
+    embedder = ImageTextEmbedder.from_settings(settings)
     images = [s.image for s in SourceReader(parse_source(str(video)), settings.reader).samples()
               if isinstance(s, SampledFrame)]
     scores = embedder.embed_images(images) @ embedder.embed_texts([condition])[0]
@@ -74,9 +75,9 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
     root.mkdir()
     with receiver() as hook, contextlib.ExitStack() as stack:
         store = QueryStore(IndexRoot.at(root))
-        store.add(StandingQuery(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
-                                webhooks=[Webhook(url=hook.url, secret=SECRET)]))
-        store.add(StandingQuery(id="person", condition=CONDITION))
+        store.create(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
+                     webhooks=[Webhook(url=hook.url, secret=SECRET)], allow_private_webhooks=True)
+        store.create(id="person", condition=CONDITION)
         urls = [stack.enter_context(udp_mpegts(duration_s, fps=10, size=(160, 120), start_delay_s=5.0,
                                                source=video if i % 2 == 0 else video2)) for i in range(n)]
         stop = threading.Event()

@@ -28,8 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.batches import EncodedBatch
-from indexer.media.reader import SourceInfo
+from indexer.batches import EncodedBatch, SourceInfo
 from indexer.settings import SearchSettings
 from indexer.store import IndexWriter, Layout
 from indexer.store.root import IndexRoot

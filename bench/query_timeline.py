@@ -28,12 +28,11 @@ THREADS = (1, 0)  # query.torch_threads: the default, and torch's own (one per c
 def build_timeline_index(root: Path, hours: float, fps: float = 1.0, seed: int = 0):
     """A `hours`-long stream at `fps` in the tiny models' layout: random features and
     embeddings (the timings do not depend on their values), written by the real IndexWriter."""
-    from indexer.batches import EncodedBatch
+    from indexer.batches import EncodedBatch, SourceInfo
     from indexer.embedding import ImageTextEmbedder, make_tiny_clip
     from indexer.encoding import FrameEncoder
     from indexer.llamavid import LlamaVid
     from indexer.llamavid.tiny import make_tiny_checkpoint
-    from indexer.media.reader import SourceInfo
     from indexer.store import IndexWriter
 
     model = LlamaVid.from_pretrained(make_tiny_checkpoint(root / "models"))

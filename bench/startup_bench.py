@@ -51,7 +51,7 @@ def vidx(repo: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
     of `repo` (first on PYTHONPATH, so Ray's workers import it too)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(repo)}
     with open(log or os.devnull, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "indexer.cli", *args], cwd=repo, env=env,
+        return subprocess.Popen([sys.executable, "-m", "actors.cli", *args], cwd=repo, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

@@ -1,4 +1,6 @@
-"""What crosses the pipeline's boundaries: a batch of sampled frames, and the same batch encoded."""
+"""What crosses the pipeline's boundaries: a sampled frame, a gap, what a source turned out to be, a
+batch of sampled frames, and the same batch encoded. On the ground floor: the readers make these,
+the encoders, the writer, the store and the actors take them, and none of those is imported here."""
 
 from __future__ import annotations
 
@@ -6,7 +8,40 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.media.reader import Gap, SampledFrame
+
+@dataclass
+class SampledFrame:
+    index: int                # sample index on the 1/fps grid
+    pts_s: float              # media time of the frame shown (seconds from the start; live: source clock)
+    wall_time: float | None   # unix time the frame was decoded (live sources only)
+    image: np.ndarray         # uint8 RGB [H, W, 3], shorter side = ReaderOptions.short_side
+    subtitle: str | None = None
+
+
+@dataclass
+class Gap:
+    start_s: float            # media time of the last frame before the gap
+    end_s: float | None       # media time of the first frame after it (None: the source ended)
+    reason: str
+    wall_start: float | None = None
+    wall_end: float | None = None
+    index: int = 0            # the sample index at which sampling resumed after the gap
+
+
+@dataclass
+class SourceInfo:
+    uri: str
+    stream_id: str
+    live: bool
+    duration_s: float | None
+    codec: str
+    width: int
+    height: int
+    average_fps: float | None
+    keyframes_only: bool
+    subtitles: bool = False
+    errors: list[str] = field(default_factory=list)      # damaged packets (the first ones)
+    warnings: list[str] = field(default_factory=list)    # what of the source could not be read, with ranges
 
 
 @dataclass
@@ -68,4 +103,4 @@ class EncodedBatch:
                             [t for t, k in zip(self.thumbnails, keep) if k])
 
 
-__all__ = ["EncodedBatch", "FrameBatch"]
+__all__ = ["EncodedBatch", "FrameBatch", "Gap", "SampledFrame", "SourceInfo"]

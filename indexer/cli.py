@@ -1,10 +1,13 @@
-"""`vidx`: the command line of llamavid-indexer."""
+"""The library's commands of `vidx`: info, repair, tiny, ask, export-llm, watch, serve. The
+commands that start Ray jobs (ingest, monitor, demo) are added by actors/cli.py, the `vidx`
+console script: `indexer` never imports `actors`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,12 +57,6 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
                     num_query=args.num_query, weights_format=args.format, weights_dtype=args.dtype)
     print("\n".join(write_tiny(args.out, spec).lines()))
     return 0
-
-
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    from actors.ingest import ingest_from_args
-
-    return ingest_from_args(args)
 
 
 def parse_time(text: str) -> float:
@@ -164,9 +161,9 @@ def _add_export_llm(sub: argparse._SubParsersAction) -> None:
 def _cmd_watch(args: argparse.Namespace) -> int:
     import json
 
-    from indexer.media.source import redact_uri
-    from indexer.monitor.queries import QueryStore, StandingQuery, Webhook, check_webhook_address
+    from indexer.monitor.queries import QueryStore
     from indexer.monitor.webhooks import delivery_states, read_deliveries
+    from indexer.redaction import redact_uri
     from indexer.store.root import IndexRoot
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
@@ -174,25 +171,19 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
     if args.action == "add" and (kind == "condition") == (args.condition is None):
         raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
-    for url in (args.webhook or []) if args.action == "add" else []:
-        check_webhook_address(url, allow_private=args.allow_private)
-    if args.action == "add":  # queries may come first: `vidx monitor` ingests into the folder later
-        root.create()
-    if not root.exists():
+    if args.action != "add" and not root.exists():  # add: queries may come first, `vidx monitor` ingests later
         raise FileNotFoundError(f"{root}: no such index folder (vidx watch add, vidx ingest or vidx monitor "
                                 "creates it)")
     store = QueryStore(root)
     deliveries = [] if args.action == "add" else read_deliveries(root.outbox)
     if args.action == "add":
-        secret = {"secret": args.secret} if args.secret else {}
+        secret = {"secret": args.secret} if args.secret else {}  # left out: a random one per webhook
         known = index_stream_ids(root) or []  # a stream not there yet is watched when it comes
         streams = [match_stream_id(sid, known) or sid for sid in args.stream or []]
-        query = StandingQuery(
-            id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=streams,
-            sensitivity=args.sensitivity, cooldown_s=args.cooldown,
-            min_duration_s=args.min_duration,
-            webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
-        store.add(query)
+        query = store.create(id=args.id, kind=kind, condition=args.condition, streams=streams,
+                             sensitivity=args.sensitivity, cooldown_s=args.cooldown, min_duration_s=args.min_duration,
+                             webhooks=[{"url": url, **secret} for url in args.webhook or []],
+                             allow_private_webhooks=args.allow_private)
         print(f"added {query.id}: {query.describe()}")
         for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
             print(f"  webhook {redact_uri(hook.url)} secret " + ("as given (--secret)" if args.secret else hook.secret))
@@ -217,8 +208,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     if args.action == "rm":
         print(f"removed {store.remove(args.query_id).id}")
         return 0
-    from actors.monitor import alert_line
-    from indexer.monitor.alerts import AlertLog
+    from indexer.monitor.alerts import AlertLog, alert_line
 
     stream = resolve_stream_ids([args.stream], root)[0] if args.stream and index_stream_ids(root) else args.stream
     alerts = AlertLog(root).alerts(stream_id=stream, query_id=args.query, limit=args.limit)
@@ -238,8 +228,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _webhook_text(url: str, deliveries: list) -> str:
     """A webhook as `vidx watch list` shows it: its URL and how its deliveries went."""
-    from indexer.media.source import redact_uri
     from indexer.monitor.webhooks import delivery_states
+    from indexer.redaction import redact_uri
 
     summary = delivery_states(deliveries)
     return f"{redact_uri(url)} [{summary}]" if summary else redact_uri(url)
@@ -284,12 +274,6 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     watch.set_defaults(func=_cmd_watch)
 
 
-def _cmd_monitor(args: argparse.Namespace) -> int:
-    from actors.monitor import monitor_from_args
-
-    return monitor_from_args(args)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -303,13 +287,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from actors.demo import run_demo
-
-    return run_demo(args.out)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_job_commands: Callable[[argparse._SubParsersAction], None] | None = None
+                 ) -> argparse.ArgumentParser:
+    """`vidx`'s parser: the library's commands, then those `add_job_commands` adds to the same
+    subcommands (actors/cli.py: the ones that start Ray jobs)."""
     parser = argparse.ArgumentParser(prog="vidx", description="Index and question hours of video with LLaMA-VID.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log progress, loading details, library and Ray actor output, and full tracebacks")
@@ -345,12 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dtype of the stored weights (default %(default)s)")
     tiny.set_defaults(func=_cmd_tiny)
 
-    from actors.arguments import add_ingest_arguments, add_monitor_arguments
-
-    ingest = sub.add_parser("ingest", help="index sources (files, URLs, live streams) into an index root on Ray")
-    add_ingest_arguments(ingest)
-    ingest.set_defaults(func=_cmd_ingest)
-
     ask = sub.add_parser("ask", help="ask a question over an index; the answer cites the moments it used")
     ask.add_argument("index", help="index root written by vidx ingest")
     ask.add_argument("question", help='the question, e.g. "when does the courier leave the parcel?"')
@@ -366,11 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_llm(sub)
     _add_watch(sub)
 
-    monitor = sub.add_parser("monitor", help="ingest sources with the index's standing queries running; prints "
-                                             "alerts as they fire")
-    add_monitor_arguments(monitor)
-    monitor.set_defaults(func=_cmd_monitor)
-
     serve = sub.add_parser("serve", help="the HTTP API and web page over an index (question box, cited moments, "
                                          "click to play)")
     serve.add_argument("index", help="index root written by vidx ingest")
@@ -384,12 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve source files only from this folder (repeat for several; default: any file a "
                             "stream of the index names)")
     serve.set_defaults(func=_cmd_serve)
+    if add_job_commands is not None:
+        add_job_commands(sub)
 
-    demo = sub.add_parser("demo", help="the main job in under a minute on the CPU: tiny models, a generated clip "
-                                       "with planted scenes, ingest on Ray, search by image and text, a cited answer")
-    demo.add_argument("--out", default="out/demo", help="folder for the models, clip, index and thumbnails "
-                                                        "(default: %(default)s; made again on each run)")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -402,15 +369,10 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from indexer.console import quiet_libraries, run_command
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse and run one command through `run_command` (one-line errors, exit codes). `parser`:
+    `vidx`'s whole parser (actors/cli.py passes it); default: the library's commands only."""
+    from indexer.console import run_parsed
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries(args.verbose)
-    return run_command(f"vidx {args.command}", lambda: args.func(args), verbose=args.verbose)
+    return run_parsed(parser or build_parser(), argv, lambda args: f"vidx {args.command}", lambda args: args.func(args))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,7 @@ bad arguments before torch or Ray load."""
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import logging
 import os
@@ -66,6 +67,17 @@ def error_line(exc: BaseException) -> str:
     message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip()) or type(exc).__name__
     return message if isinstance(exc, _user_errors() + _named_errors() + (RemoteError,)) \
         else f"{type(exc).__name__}: {message}"
+
+
+def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None, name: Callable[[argparse.Namespace], str],
+               run: Callable[[argparse.Namespace], int]) -> int:
+    """How `vidx` and `python -m actors.*` start: parse `argv`, log (-v: progress, library output),
+    then `run_command` (one-line errors, the same exit codes). `parser` has a -v/--verbose flag."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
+    return run_command(name(args), lambda: run(args), verbose=args.verbose)
 
 
 def run_command(name: str, run: Callable[[], int], verbose: bool = False) -> int:
@@ -137,4 +149,4 @@ def _silence_stdout() -> None:
 
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_USAGE", "USER_ERRORS", "RemoteError", "error_line",
-           "plural", "quiet_libraries", "run_command"]
+           "plural", "quiet_libraries", "run_command", "run_parsed"]

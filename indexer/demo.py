@@ -17,7 +17,7 @@ import yaml
 
 from indexer.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: torch is imported only when the tiny models are made
     from indexer.llamavid.tiny import TinySpec
 
 CLIP_SIZE = (320, 180)      # width, height

@@ -22,6 +22,7 @@ from transformers import (
 from transformers.models.clip import CLIPImageProcessorPil
 
 from indexer.fingerprint import weights_fingerprint
+from indexer.settings import Settings
 
 
 class ImageTextEmbedder:
@@ -39,6 +40,12 @@ class ImageTextEmbedder:
         self.device = torch.device(device)
         self.dim = int(self.model.config.projection_dim if hasattr(self.model.config, "projection_dim")
                        else self.model.config.vision_config.hidden_size)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageTextEmbedder:
+        """The embedding a settings file names (`embedding.model`), on LLaMA-VID's device and dtype
+        (`model.device`, `model.dtype`): the one way every role (encoder, query side) loads it."""
+        return cls(settings.embedding.model, device=settings.model.device, dtype=settings.model.torch_dtype)
 
     @property
     def fingerprint(self) -> str:

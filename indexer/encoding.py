@@ -31,10 +31,8 @@ class FrameEncoder:
     @classmethod
     def from_settings(cls, settings: Settings) -> FrameEncoder:
         """LLaMA-VID's encoder parts only (no LLM: an encoder never runs it) and the retrieval embedder."""
-        m = settings.model
-        model = LlamaVid.from_settings(m, parts="encoder")
-        embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
-        return cls(model, embedder, settings.index.thumbnail_width, settings.index.feature_format)
+        return cls(LlamaVid.from_settings(settings.model, parts="encoder"), ImageTextEmbedder.from_settings(settings),
+                   settings.index.thumbnail_width, settings.index.feature_format)
 
     def layout(self) -> Layout:
         if self._layout is None:  # the fingerprint reads every weight: once, not per batch

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+from indexer.redaction import redact_uri
+from indexer.settings import Settings
+from indexer.store.manifest import StreamEntry, read_manifest
+from indexer.store.root import IndexRoot
+
+if TYPE_CHECKING:  # not a loop: the indexer.media package loads PyAV, which the checks before Ray starts do without
     from indexer.media.source import Source
-    from indexer.settings import Settings
-    from indexer.store.manifest import StreamEntry
-    from indexer.store.root import IndexRoot
 
 TINY_REMEDY = ("for a first try, make the tiny random models with `vidx tiny out/tiny` and pass --config "
                "configs/tiny.yaml; for real ones see README.md, 'Using a real checkpoint' (what to download)")
@@ -121,9 +123,6 @@ class IngestPlan:
 def plan_ingest(sources: list[Source], root: IndexRoot, fps: float) -> IngestPlan:
     """Fails on a root that another process writes, or a source that the index holds at another
     fps or under another URI (the writer checks the same again)."""
-    from indexer.media.source import redact_uri
-    from indexer.store.manifest import read_manifest
-
     manifest = read_manifest(root)
     streams = manifest.streams if manifest is not None else {}
     plan = IngestPlan(frames_before={sid: entry.frames for sid, entry in streams.items()})

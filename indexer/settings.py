@@ -8,13 +8,39 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from indexer.media.source import ReaderOptions
-
 if TYPE_CHECKING:  # torch is imported where a dtype is needed: the ingest driver and `vidx ask` errors do without it
     import torch
 
 # unknown keys are typos; inf and nan pass every bound (inf > 0) and fail later, deep inside Ray
 SETTINGS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+MAX_FPS = 60.0  # beyond the frame rate of almost every camera: more samples would repeat frames
+
+
+class ReaderOptions(BaseModel):
+    """How sources are opened, decoded and sampled (the `reader:` section of a config)."""
+
+    model_config = SETTINGS_CONFIG
+
+    fps: float = Field(1.0, gt=0, le=MAX_FPS, description=f"samples per second of media time (at most {MAX_FPS}; "
+                       "above the source's frame rate a warning says frames repeat)")
+    keyframes_only: Literal["auto", "always", "never"] = Field(
+        "auto", description="decode keyframes only; 'auto' does when every GOP is at most one sampling interval")
+    short_side: int = Field(224, ge=16, description="decoded frames are scaled so their shorter side has this size")
+    decoder_threads: int = Field(0, ge=0, description="0: FFmpeg picks")
+    open_timeout_s: float = Field(15.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+    give_up_after_s: float | None = Field(
+        None, gt=0, description="a live source that stays unreachable this long ends (None: reconnect forever, "
+        "at least every reconnect_max_s)")
+    max_discontinuity_s: float = Field(
+        60.0, gt=0, description="a forward clock jump beyond this (live, MPEG-TS, HLS) is a discontinuity: a gap")
+    max_hold_s: float = Field(
+        10.0, gt=0, description="a frame stands for sample times at most this long after its own; a longer "
+                                "stall without picture is a gap")
+    max_decode_errors: int = Field(50, ge=1, description="consecutive undecodable packets before a source fails")
 
 
 class ModelSettings(BaseModel):
@@ -252,6 +278,6 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-__all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings",
-           "MonitorSettings", "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings",
-           "resolve_model_paths", "settings_error", "with_model_paths"]
+__all__ = ["MAX_FPS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings",
+           "ModelSettings", "MonitorSettings", "QuerySettings", "ReaderOptions", "SearchSettings", "Settings",
+           "WebhookSettings", "load_settings", "resolve_model_paths", "settings_error", "with_model_paths"]

@@ -1,5 +1,5 @@
 
-from indexer.cli import main
+from actors.cli import main
 
 
 def test_info_describes_a_model(tiny_model_dir, capsys):

@@ -12,10 +12,11 @@ import sys
 import pytest
 import ray
 
-from indexer.cli import build_parser
-from indexer.console import EXIT_BROKEN_PIPE, error_line, plural, run_command
+from actors.cli import build_parser
+from indexer.console import EXIT_BROKEN_PIPE, EXIT_USAGE, error_line, plural, run_command
 from indexer.media.reader import SourceReader
-from indexer.media.source import ReaderOptions, SourceError, parse_source
+from indexer.media.source import SourceError, parse_source
+from indexer.settings import ReaderOptions
 from indexer.stream_ids import match_stream_id
 from tests.actors.jobs import REPO, driver_env
 
@@ -103,8 +104,21 @@ def test_stream_id_prefixes():
 
 
 def vidx(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], cwd=REPO, env=driver_env(),
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=REPO, env=driver_env(),
                           capture_output=True, text=True, timeout=120, check=False, **kwargs)
+
+
+def test_vidx_and_the_job_modules_share_one_error_wrapper(tmp_path):
+    """`vidx ingest` and `python -m actors.ingest` turn the same bad input into the same one line
+    and exit code (both through run_parsed/run_command), before Ray starts."""
+    args = [str(tmp_path / "missing.mp4"), "--index", str(tmp_path / "index"), "--config", str(tmp_path / "no.yaml")]
+    by_vidx = vidx("ingest", *args)
+    by_module = subprocess.run([sys.executable, "-m", "actors.ingest", *args], cwd=REPO, env=driver_env(),
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert by_vidx.returncode == by_module.returncode == EXIT_USAGE
+    assert by_vidx.stderr.startswith("vidx ingest: error: ") and by_module.stderr.startswith("ingest: error: ")
+    assert by_vidx.stderr.removeprefix("vidx ") == by_module.stderr
+    assert len(by_vidx.stderr.strip().splitlines()) == 1 and "Traceback" not in by_vidx.stderr + by_module.stderr
 
 
 def test_version():
@@ -135,7 +149,7 @@ def test_no_broken_pipe_traceback_when_the_reader_goes_away(tmp_path):
     root = tmp_path / "idx"
     for n in range(3):
         assert vidx("watch", "add", str(root), f"condition {n}").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "watch", "list", str(root)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "watch", "list", str(root)], cwd=REPO,
                             env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # as `| head -0` does, before vidx writes a line
     _, err = proc.communicate(timeout=120)

@@ -15,7 +15,7 @@ from indexer.demo import SCENES, clip_frame
 
 @pytest.mark.timeout(900)  # Ray, two model loads and a 20 s clip: minutes on a busy machine
 def test_vidx_demo_finds_the_planted_scene_at_its_time_and_cites_real_moments(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "indexer.cli", "demo"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "actors.cli", "demo"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

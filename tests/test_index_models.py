@@ -20,7 +20,7 @@ QUESTION = "When is the blue disc on screen?"
 
 
 def vidx(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "indexer.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

@@ -27,7 +27,7 @@ STREAM = "clip.mp4-0123abcd"
 def vidx(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO,
          check_imports: bool = False) -> subprocess.CompletedProcess:
     """`vidx ARGS`; with check_imports, stdout's last line says whether torch / Ray were imported."""
-    code = "import sys; from indexer.cli import main; rc = main(sys.argv[1:]); " + (
+    code = "import sys; from actors.cli import main; rc = main(sys.argv[1:]); " + (
         "print('imported:', 'torch' in sys.modules, 'ray' in sys.modules); " if check_imports else "") + "sys.exit(rc)"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env or driver_env(), capture_output=True,
                           text=True, timeout=300, check=False)

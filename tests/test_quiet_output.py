@@ -32,7 +32,7 @@ def test_monitor_json_is_json_only_and_webhook_failures_are_shown(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
 
     def vidx(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "indexer.cli", *args], cwd=REPO, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=500, check=False)
 
     config = write_config(tiny_settings(tmp_path), tmp_path / "config.yaml",

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,9 +38,7 @@ from indexer.llamavid.conversation import (Conversation, first_user_message, get
                                            video_frames_text)
 from indexer.llamavid.modeling_llamavid import PARTS, LlamaVidModel, Parts
 from indexer.llamavid.tokenization import LlamaPromptTokenizer, load_qformer_tokenizer, qformer_inputs
-
-if TYPE_CHECKING:
-    from indexer.settings import ModelSettings
+from indexer.settings import ModelSettings
 
 PromptMode = Literal["video", "movie"]
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Self
 
 import torch
 
-if TYPE_CHECKING:  # keep `import indexer.llm` light: the pipeline pulls in the whole model stack
+from indexer.settings import LLMSettings
+
+if TYPE_CHECKING:  # not a loop: keeps `import indexer.llm` light (the pipeline pulls in the whole model stack)
     from indexer.llamavid import LlamaVid
     from indexer.llamavid.modeling_llamavid import Parts
-    from indexer.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
 
@@ -116,23 +117,4 @@ def llm_parts(settings: LLMSettings) -> Parts:
     return "all" if settings.backend == "transformers" else "prompt"
 
 
-def make_backend(settings: LLMSettings, model: LlamaVid) -> LLMBackend:
-    """The backend `settings.backend` names. `model` is the loaded LLaMA-VID: the transformers
-    backend runs its language model; every backend decodes with its tokenizer and checks shapes
-    against its config."""
-    if settings.backend == "transformers":
-        from indexer.llm.transformers_backend import TransformersBackend
-
-        return TransformersBackend(model)
-    if settings.backend == "vllm":
-        from indexer.llm.vllm_backend import VllmBackend
-
-        return VllmBackend(settings, model)
-    if settings.backend == "vllm-server":
-        from indexer.llm.vllm_backend import VllmServerBackend
-
-        return VllmServerBackend(settings, model)
-    raise ValueError(f"unknown llm.backend {settings.backend!r}; use 'transformers', 'vllm' or 'vllm-server'")
-
-
-__all__ = ["Generation", "LLMBackend", "LLMBackendError", "cut_at_stop", "llm_parts", "make_backend"]
+__all__ = ["Generation", "LLMBackend", "LLMBackendError", "cut_at_stop", "llm_parts"]

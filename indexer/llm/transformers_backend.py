@@ -17,7 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from indexer.llm.base import Generation, LLMBackend, check_request, cut_at_stop, finish
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: keeps `import indexer.llm` light (the caller has loaded the model)
     from indexer.llamavid import LlamaVid
 
 

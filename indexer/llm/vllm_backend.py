@@ -43,10 +43,10 @@ from indexer.llm.base import (
     finish,
 )
 from indexer.llm.wire import encode_prompt_embeds
+from indexer.settings import LLMSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: keeps `import indexer.llm` light (the caller has loaded the model)
     from indexer.llamavid import LlamaVid
-    from indexer.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Sources decoded with PyAV and sampled by presentation time."""
+"""Sources decoded with PyAV and sampled by presentation time. The records a reader yields
+(`SampledFrame`, `Gap`, `SourceInfo`) live in indexer.batches, its options (`ReaderOptions`) in
+indexer.settings: the ground floor, below everything that takes them."""
 
-from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
-from indexer.media.source import ReaderOptions, Source, SourceError, parse_source
+from indexer.media.reader import SourceReader
+from indexer.media.source import Source, SourceError, parse_source
 
-__all__ = ["Gap", "ReaderOptions", "SampledFrame", "Source", "SourceError", "SourceInfo", "SourceReader",
-           "parse_source"]
+__all__ = ["Source", "SourceError", "SourceReader", "parse_source"]

@@ -23,15 +23,14 @@ import threading
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.media.reader import Gap, SampledFrame, SourceInfo, SourceReader
-from indexer.media.source import ReaderOptions, Source, SourceError
-
-if TYPE_CHECKING:  # ring.py needs indexer.store, whose package imports the reader
-    from indexer.media.ring import SegmentRing
+from indexer.batches import Gap, SampledFrame, SourceInfo
+from indexer.media.reader import SourceReader
+from indexer.media.ring import SegmentRing
+from indexer.media.source import Source, SourceError
+from indexer.settings import ReaderOptions
 
 logger = logging.getLogger(__name__)
 

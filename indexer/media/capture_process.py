@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from indexer.batches import Gap, SampledFrame, SourceInfo
 from indexer.media.capture import LiveCapture
-from indexer.media.reader import Gap, SampledFrame, SourceInfo
-from indexer.media.source import ReaderOptions, Source, SourceError
+from indexer.media.ring import SegmentRing
+from indexer.media.source import Source, SourceError
+from indexer.settings import ReaderOptions
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +128,6 @@ class RemoteCapture:
 
 
 def _serve(conn: Connection) -> None:
-    # the ring needs indexer.store (FAISS, Arrow): imported here, where it is used, not in the parent
-    from indexer.media.ring import SegmentRing
-
     requests: list[CaptureRequest] = conn.recv()
     captures: dict[str, LiveCapture] = {}
     for r in requests:

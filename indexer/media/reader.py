@@ -16,18 +16,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
+from indexer.batches import Gap, SampledFrame, SourceInfo
+from indexer.media.ring import SegmentRing
 from indexer.media.sampling import MediaClock, PtsSampler, Sample, grid_time
-from indexer.media.source import ReaderOptions, Source, SourceError, open_arguments, redact_text, redact_uri
+from indexer.media.source import Source, SourceError, open_arguments
 from indexer.media.subtitles import SubtitleTrack
-
-if TYPE_CHECKING:  # ring.py needs indexer.store, whose package imports this module
-    from indexer.media.ring import SegmentRing
+from indexer.redaction import redact_text, redact_uri
+from indexer.settings import ReaderOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,41 +42,6 @@ FOLLOW_AFTER_S = 1.0       # another video stream ahead of ours by this much has
 MAX_WARNINGS = 20
 REPLAY_WINDOW_S = 60.0     # live: how far back a reconnected source may replay (MediaClock's overlap window)
 REPLAY_DIFFERENCE = 12.0   # mean grey-level difference of 8x8 fingerprints beyond which a frame is another picture
-
-
-@dataclass
-class SampledFrame:
-    index: int                # sample index on the 1/fps grid
-    pts_s: float              # media time of the frame shown (seconds from the start; live: source clock)
-    wall_time: float | None   # unix time the frame was decoded (live sources only)
-    image: np.ndarray         # uint8 RGB [H, W, 3], shorter side = options.short_side
-    subtitle: str | None = None
-
-
-@dataclass
-class Gap:
-    start_s: float            # media time of the last frame before the gap
-    end_s: float | None       # media time of the first frame after it (None: the source ended)
-    reason: str
-    wall_start: float | None = None
-    wall_end: float | None = None
-    index: int = 0            # the sample index at which sampling resumed after the gap
-
-
-@dataclass
-class SourceInfo:
-    uri: str
-    stream_id: str
-    live: bool
-    duration_s: float | None
-    codec: str
-    width: int
-    height: int
-    average_fps: float | None
-    keyframes_only: bool
-    subtitles: bool = False
-    errors: list[str] = field(default_factory=list)      # damaged packets (the first ones)
-    warnings: list[str] = field(default_factory=list)    # what of the source could not be read, with ranges
 
 
 class SourceReader:

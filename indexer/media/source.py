@@ -1,4 +1,5 @@
-"""What a source is (a path or URL), how FFmpeg is told to open it, and what it turned out to be."""
+"""What a source is (a path or URL) and how FFmpeg is told to open it. What it turned out to be
+(`SourceInfo`) is in indexer.batches, how it is read (`ReaderOptions`) in indexer.settings."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from indexer.redaction import redact_text, redact_uri
+from indexer.settings import ReaderOptions
 
 Protocol = Literal["file", "http", "hls", "rtsp", "rtmp", "udp", "srt"]
 LIVE_PROTOCOLS = {"rtsp", "rtmp", "udp", "srt"}
-MAX_FPS = 60.0  # beyond the frame rate of almost every camera: more samples would repeat frames
-REDACTED = "***"
-# query parameters whose values are credentials (AWS/GCS signed URLs, API keys, bearer tokens, passwords)
-SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|sig|auth|cred|session", re.IGNORECASE)
-URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)\]]")  # not the final ":" of "URL: why"
 
 
 class SourceError(Exception):
@@ -28,33 +25,6 @@ class SourceError(Exception):
         super().__init__(f"{redact_uri(uri)}: {reason}")
         self.uri = uri
         self.reason = reason
-
-
-class ReaderOptions(BaseModel):
-    """How sources are opened, decoded and sampled (the `reader:` section of a config)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    fps: float = Field(1.0, gt=0, le=MAX_FPS, description=f"samples per second of media time (at most {MAX_FPS}; "
-                       "above the source's frame rate a warning says frames repeat)")
-    keyframes_only: Literal["auto", "always", "never"] = Field(
-        "auto", description="decode keyframes only; 'auto' does when every GOP is at most one sampling interval")
-    short_side: int = Field(224, ge=16, description="decoded frames are scaled so their shorter side has this size")
-    decoder_threads: int = Field(0, ge=0, description="0: FFmpeg picks")
-    open_timeout_s: float = Field(15.0, gt=0)
-    read_timeout_s: float = Field(10.0, gt=0)
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
-    give_up_after_s: float | None = Field(
-        None, gt=0, description="a live source that stays unreachable this long ends (None: reconnect forever, "
-        "at least every reconnect_max_s)")
-    max_discontinuity_s: float = Field(
-        60.0, gt=0, description="a forward clock jump beyond this (live, MPEG-TS, HLS) is a discontinuity: a gap")
-    max_hold_s: float = Field(
-        10.0, gt=0, description="a frame stands for sample times at most this long after its own; a longer "
-                                "stall without picture is a gap")
-    max_decode_errors: int = Field(50, ge=1, description="consecutive undecodable packets before a source fails")
 
 
 @dataclass(frozen=True)
@@ -105,38 +75,6 @@ def check_stream_id(stream_id: str) -> str:
     return stream_id
 
 
-def redact_uri(uri: str) -> str:
-    """`uri` as it may be shown (API replies, logs, the CLI): its password, a bare user name (often
-    a token) and the values of secret-looking query parameters replaced by ***.
-
-    The stored URI keeps them (reconnects need them); a local path comes back unchanged.
-        rtsp://admin:pw@cam/live?token=abc&ch=1 -> rtsp://admin:***@cam/live?token=***&ch=1"""
-    parts = urlsplit(uri)
-    if len(parts.scheme) < 2 or not parts.netloc and not parts.query:  # a path (or a Windows drive letter)
-        return uri
-    netloc = parts.netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=redact_query(parts.query)))
-
-
-def redact_query(query: str) -> str:
-    """A URL's query string (`a=1&token=T`) with the values of secret-looking parameters replaced by ***."""
-    return "&".join(_redact_parameter(p) for p in query.split("&")) if query else query
-
-
-def _redact_parameter(parameter: str) -> str:
-    name, equals, _ = parameter.partition("=")
-    return f"{name}={REDACTED}" if equals and SECRET_PARAMETER.search(unquote(name)) else parameter
-
-
-def redact_text(text: str) -> str:
-    """`text` (an error message, a log line) with every URL in it passed through `redact_uri`."""
-    return URL_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
-
-
 def open_arguments(source: Source, options: ReaderOptions) -> tuple[str, dict[str, str]]:
     """The URL and FFmpeg AVOptions that open `source` with a timeout on every network read."""
     io_timeout_us = str(int(options.read_timeout_s * 1e6))
@@ -160,5 +98,5 @@ def open_arguments(source: Source, options: ReaderOptions) -> tuple[str, dict[st
     return uri, av_options
 
 
-__all__ = ["LIVE_PROTOCOLS", "MAX_FPS", "REDACTED", "ReaderOptions", "Source", "SourceError", "check_stream_id",
-           "default_stream_id", "open_arguments", "parse_source", "redact_query", "redact_text", "redact_uri"]
+__all__ = ["LIVE_PROTOCOLS", "Source", "SourceError", "check_stream_id", "default_stream_id", "open_arguments",
+           "parse_source"]

@@ -112,4 +112,15 @@ class AlertLog:
         return found[-1]
 
 
-__all__ = ["SCHEMA", "Alert", "AlertLog", "write_alerts"]
+def alert_line(alert: Alert) -> str:
+    """One line per alert row, as `vidx monitor` and `vidx watch alerts` print them."""
+    from indexer.query.prompt import clock  # lazy, not a loop: the query side loads the tokenizers
+
+    when = clock(alert.start_s) + (f"-{clock(alert.end_s)}" if alert.end_s is not None else "")
+    head = "ALERT" if alert.status == "open" else "ENDED"
+    clip = f" clip={alert.clip}" if alert.clip else ""
+    answer = alert.answer.replace("\n", " ")[:120]
+    return f"{head} {alert.alert_id} [{alert.stream_id} {when}] {alert.query_id}: {alert.condition} | {answer}{clip}"
+
+
+__all__ = ["SCHEMA", "Alert", "AlertLog", "alert_line", "write_alerts"]

@@ -15,15 +15,13 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from indexer.monitor.frames import Frames
-
-if TYPE_CHECKING:
-    from indexer.settings import Settings
-    from indexer.store.root import IndexRoot
+from indexer.settings import Settings
+from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from indexer.media.source import redact_uri
+from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 from indexer.store.root import IndexRoot
 
@@ -50,6 +50,10 @@ class Webhook(BaseModel):
         if not WEBHOOK_URL.fullmatch(url):  # fullmatch: Python's $ would also match before a final newline
             raise ValueError(f"webhook url must be http(s)://HOST[:PORT]/..., got {redact_uri(url)!r}")
         return url
+
+
+class QueryIdTaken(ValueError):
+    """A new standing query's id is already used (the HTTP API answers 409)."""
 
 
 def check_webhook_address(url: str, allow_private: bool = False) -> None:
@@ -166,10 +170,24 @@ class QueryStore:
                 return query
         raise KeyError(f"no standing query {query_id!r} in {self.root}")
 
-    def add(self, query: StandingQuery) -> StandingQuery:
+    def create(self, *, allow_private_webhooks: bool = False, **fields: Any) -> StandingQuery:
+        """The one door for a new standing query (`vidx watch add`, POST /api/watch, tests): the
+        fields of `StandingQuery` (left out or None: its default; no id: the next free q1, q2, ...)
+        are validated, every webhook's address is checked (`check_webhook_address`), the id is
+        assigned and the query saved, under the file lock. Raises pydantic's ValidationError (a
+        bad field), ValueError (a webhook at a private address) or QueryIdTaken (the id given
+        exists); nothing is written then."""
+        fields = {name: value for name, value in fields.items() if value is not None}
+        given_id = fields.pop("id", None)
+        query = StandingQuery.model_validate({"id": "q1" if given_id is None else given_id, **fields})
+        for hook in query.webhooks:  # a well-formed URL; now where it points (before the lock: DNS takes time)
+            check_webhook_address(hook.url, allow_private_webhooks)
         with self._locked() as queries:
-            if any(q.id == query.id for q in queries):
-                raise ValueError(f"a standing query {query.id!r} already exists in {self.root}")
+            taken = {q.id for q in queries}
+            if given_id is None:
+                query = query.model_copy(update={"id": _next_id(taken)})
+            elif given_id in taken:
+                raise QueryIdTaken(f"a standing query {given_id!r} already exists in {self.root}")
             queries.append(query)
         return query
 
@@ -185,13 +203,6 @@ class QueryStore:
             queries.remove(query)
         return query
 
-    def new_id(self, prefix: str = "q") -> str:
-        taken = {q.id for q in self.load()}
-        n = 1
-        while f"{prefix}{n}" in taken:
-            n += 1
-        return f"{prefix}{n}"
-
     @contextmanager
     def _locked(self) -> Iterator[list[StandingQuery]]:
         with self.root.queries_locked():
@@ -199,6 +210,13 @@ class QueryStore:
             yield queries
             data = json.dumps({"queries": [q.model_dump(mode="json") for q in queries]}, indent=1).encode()
             write_atomic(self.path, lambda f: f.write(data), mode=0o600)
+
+
+def _next_id(taken: set[str]) -> str:
+    n = 1
+    while f"q{n}" in taken:
+        n += 1
+    return f"q{n}"
 
 
 def _find(queries: list[StandingQuery], query_id: str, root: IndexRoot) -> StandingQuery:
@@ -213,6 +231,7 @@ __all__ = [
     "RULES",
     "RULE_MIN_DURATION_S",
     "WEBHOOK_URL",
+    "QueryIdTaken",
     "QueryStore",
     "StandingQuery",
     "Webhook",

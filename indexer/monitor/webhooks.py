@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from indexer.media.source import redact_text, redact_uri
+from indexer.redaction import redact_text, redact_uri
 from indexer.store.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from indexer.embedding import ImageTextEmbedder
 from indexer.encoding import model_fingerprint
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.conversation import get_template
-from indexer.llm.base import LLMBackend, llm_parts, make_backend
+from indexer.llm.backends import make_backend
+from indexer.llm.base import LLMBackend, llm_parts
 from indexer.query.answer import Answer, Citation
 from indexer.query.budget import TokenCosts, TokenPlan, plan_tokens
 from indexer.query.prompt import (
@@ -62,7 +63,7 @@ class QueryEngine:
         settings = root.load_settings() if settings is None else resolve_model_paths(settings)
         m = settings.model
         model = LlamaVid.from_settings(m, parts=llm_parts(settings.llm))
-        embedder = ImageTextEmbedder(settings.embedding.model, device=m.device, dtype=m.torch_dtype)
+        embedder = ImageTextEmbedder.from_settings(settings)
         layout = index.layout
         if layout is not None:
             if model_fingerprint(model) != layout.model_fingerprint:

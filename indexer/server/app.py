@@ -52,7 +52,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.media.source import redact_text, redact_uri
+from indexer.redaction import redact_text, redact_uri
 from indexer.server.guards import (
     API_PREFIX,
     BodyLimit,
@@ -83,7 +83,7 @@ from indexer.server.schemas import (
     finite,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not a loop: the app is built around an engine passed in; `import indexer.server` stays light
     from indexer.query.engine import QueryEngine
     from indexer.query.search import SearchFilter
     from indexer.store.manifest import StreamEntry

@@ -47,9 +47,9 @@ from pydantic import ValidationError
 
 from indexer.monitor.alerts import Alert, AlertLog
 from indexer.monitor.queries import (
+    QueryIdTaken,
     QueryStore,
     StandingQuery,
-    check_webhook_address,
 )
 from indexer.server.schemas import (
     VIDEO_TYPES,
@@ -199,25 +199,14 @@ def _clip_path(root: IndexRoot, clip: str) -> Path | None:
 
 
 def _add_query(store: QueryStore, body: WatchRequest, allow_private_webhooks: bool) -> StandingQuery:
-    """Validate and store a new standing query; 409 when its id is taken."""
-    fields = body.model_dump(exclude_none=True)  # left out: the standing query's defaults (and a random secret)
-    given_id = fields.pop("id", None)
-    while True:
-        query_id = given_id if given_id is not None else store.new_id()
-        try:
-            query = StandingQuery.model_validate({"id": query_id, **fields})
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from exc
-        for hook in query.webhooks:  # a well-formed URL; now where it points (400: the schema cannot say)
-            check_webhook_address(hook.url, allow_private_webhooks)
-        try:
-            return store.add(query)
-        except ValueError as exc:
-            if not any(q.id == query.id for q in store.load()):
-                raise  # not a clash: e.g. an unreadable queries.json
-            if body.id is not None:
-                raise HTTPException(409, str(exc)) from exc
-            # a generated id another request took meanwhile: take the next one
+    """`QueryStore.create` with its errors as HTTP answers: 422 a bad field, 400 a private webhook
+    address (the app's ValueError handler), 409 an id that is taken."""
+    try:  # left out (None): the standing query's defaults, and a random secret
+        return store.create(**body.model_dump(exclude_none=True), allow_private_webhooks=allow_private_webhooks)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    except QueryIdTaken as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 def _alert_model(alert: Alert, request: Request) -> AlertModel:

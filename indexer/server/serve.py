@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from indexer.media.source import redact_query
+from indexer.redaction import redact_query
 from indexer.server.guards import is_loopback
 from indexer.settings import Settings
 from indexer.store.root import IndexRoot

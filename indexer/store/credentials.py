@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from indexer.media.source import redact_uri
+from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 from indexer.store.manifest import StreamEntry
 from indexer.store.root import IndexRoot

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.media.source import redact_text, redact_uri
+from indexer.redaction import redact_text, redact_uri
 from indexer.store.index import IndexReader
 from indexer.store.integrity import IndexDamaged
 from indexer.store.root import IndexRoot

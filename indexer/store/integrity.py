@@ -14,16 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 ENDS_BYTES = 64 * 1024     # the part of each end hashed for the cheap check
 READ_BYTES = 1 << 20       # read size while hashing whole files
-
-if TYPE_CHECKING:
-    from indexer.store.manifest import Manifest
-
 
 class IndexDamaged(Exception):
     """A file of an index root is missing or does not hold what its commit wrote. Not a ValueError:
@@ -91,18 +86,6 @@ def read_verified(root: Path, name: str, expected: FileChecksum | None) -> bytes
     return data
 
 
-def damaged_files(root: Path, manifest: Manifest, full: bool = False) -> list[IndexDamaged]:
-    """Every damaged file the manifest lists: by the cheap check, or (`full`) by every byte."""
-    check = verify_file if full else check_file
-    damage = []
-    for name in sorted(manifest.files()):
-        try:
-            check(root, name, manifest.checksums.get(name))
-        except IndexDamaged as exc:
-            damage.append(exc)
-    return damage
-
-
 def _ends(f, size: int) -> str:
     digest = hashlib.sha256()
     f.seek(0)
@@ -113,5 +96,5 @@ def _ends(f, size: int) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["FileChecksum", "IndexDamaged", "check_file", "checksum_file", "damaged_files", "read_verified",
+__all__ = ["FileChecksum", "IndexDamaged", "check_file", "checksum_file", "read_verified",
            "verify_file"]

@@ -10,7 +10,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.store.files import TMP_SUFFIX, write_atomic_json
-from indexer.store.integrity import FileChecksum, IndexDamaged
+from indexer.store.integrity import FileChecksum, IndexDamaged, check_file, verify_file
 from indexer.store.root import IndexRoot
 
 FORMAT_VERSION = 1
@@ -167,6 +167,17 @@ class Manifest(BaseModel):
                 names.add(segment.timeline)
                 names.update(segment.features)
         return names
+
+    def damaged_files(self, root: IndexRoot, full: bool = False) -> list[IndexDamaged]:
+        """Every damaged file this manifest lists: by the cheap check, or (`full`) by every byte."""
+        check = verify_file if full else check_file
+        damage = []
+        for name in sorted(self.files()):
+            try:
+                check(root.path, name, self.checksums.get(name))
+            except IndexDamaged as exc:
+                damage.append(exc)
+        return damage
 
 
 def read_manifest(root: IndexRoot, previous: bool = False) -> Manifest | None:

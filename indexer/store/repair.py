@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from indexer.store import vectors as vec
-from indexer.store.integrity import IndexDamaged, checksum_file, damaged_files
+from indexer.store.integrity import IndexDamaged, checksum_file
 from indexer.store.manifest import (
     Manifest,
     StreamEntry,
@@ -31,7 +31,7 @@ def check_index(root: IndexRoot, full: bool = False) -> list[IndexDamaged]:
     """The damaged files of an index root (the manifest's damage is raised): by the cheap check, or
     (`full`) by every byte. An empty list for a root with no index yet."""
     manifest = read_manifest(root)
-    return damaged_files(root.path, manifest, full) if manifest is not None else []
+    return manifest.damaged_files(root, full) if manifest is not None else []
 
 
 def repair_index(root: IndexRoot) -> list[str]:
@@ -50,7 +50,7 @@ def _repair(root: IndexRoot) -> list[str]:
     if manifest is None:
         raise FileNotFoundError(f"{root}: no index here (no {root.manifest.name})")
     listed = manifest.files()
-    damaged = {d.file: d.reason for d in damaged_files(root.path, manifest, full=True)}
+    damaged = {d.file: d.reason for d in manifest.damaged_files(root, full=True)}
     dropped_frames = 0
     for entry in manifest.streams.values():
         dropped = _roll_back(root, entry, damaged)

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from indexer.batches import EncodedBatch
-from indexer.media.reader import Gap
+from indexer.batches import EncodedBatch, Gap
 from indexer.store.files import write_atomic
 from indexer.store.integrity import IndexDamaged
 

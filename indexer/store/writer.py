@@ -23,15 +23,14 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from indexer.batches import EncodedBatch
-from indexer.media.reader import Gap, SourceInfo
-from indexer.media.source import redact_uri
+from indexer.batches import EncodedBatch, Gap, SourceInfo
+from indexer.redaction import redact_uri
 from indexer.settings import SearchSettings
 from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
-from indexer.store.integrity import checksum_file, damaged_files
+from indexer.store.integrity import checksum_file
 from indexer.store.manifest import (
     ApproximateIndex,
     Layout,
@@ -68,7 +67,7 @@ class IndexWriter:
                 write_manifest(self.root, manifest)  # generation 0: empty
             else:
                 check_layout(self.root, manifest.layout, layout)
-                for damage in damaged_files(self.root.path, manifest):  # never append to a damaged index
+                for damage in manifest.damaged_files(self.root):  # never append to a damaged index
                     raise damage
         except BaseException:
             self._lock.release()  # a refused writer leaves the root free

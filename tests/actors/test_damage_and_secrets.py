@@ -12,7 +12,7 @@ import ray
 import yaml
 from fastapi.testclient import TestClient
 
-from indexer.cli import main
+from actors.cli import main
 from indexer.query.engine import QueryEngine
 from indexer.server import create_app
 from indexer.store import IndexReader

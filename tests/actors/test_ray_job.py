@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from indexer.monitor.alerts import AlertLog
-from indexer.monitor.queries import QueryStore, StandingQuery
+from indexer.monitor.queries import QueryStore
 from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, committed, ray_cluster, summary_frames, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
@@ -58,7 +58,7 @@ def test_ray_job_submit_indexes_a_file_and_ray_job_stop_commits_a_live_stream(tm
 
         # the monitor job: ingestion with a standing query, the alert printed in the job's log
         watched = tmp_path / "watched"
-        QueryStore(IndexRoot.at(watched)).add(StandingQuery(id="dark", kind="black", min_duration_s=2.0))
+        QueryStore(IndexRoot.at(watched)).create(id="dark", kind="black", min_duration_s=2.0)
         scenes = make_scene_video(tmp_path / "scenes.mp4", 12.0, {"black": (4.0, 8.0)}, fps=FPS)
         monitored = ray_job("submit", "--submission-id", "monitor", "--working-dir", ".", "--runtime-env-json",
                             RUNTIME_ENV, "--", "python", "-m", "actors.monitor", f"cam={scenes}", "--index",

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import LlamaForCausalLM
 
-from indexer.cli import main
+from actors.cli import main
 from indexer.llamavid import LlamaVid
 from indexer.llamavid.checkpoint import load_model_weights
 from indexer.llamavid.tiny import TinySpec, make_tiny_checkpoint

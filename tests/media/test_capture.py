@@ -3,11 +3,12 @@ child process exactly as a `SourceReader` yields them."""
 
 import numpy as np
 
+from indexer.batches import Gap, SampledFrame
 from indexer.media.capture import SpillQueue
 from indexer.media.capture_process import CaptureProcess, CaptureRequest, RingSettings
-from indexer.media.reader import Gap, SampledFrame
 from indexer.media.ring import ring_segments
-from indexer.media.source import ReaderOptions, parse_source
+from indexer.media.source import parse_source
+from indexer.settings import ReaderOptions
 from tests.mediagen import make_video, read_frame_number
 from tests.streams import hls_live
 

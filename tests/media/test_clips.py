@@ -10,9 +10,11 @@ from pathlib import Path
 import av
 import pytest
 
-from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_source
+from indexer.batches import SampledFrame
+from indexer.media import SourceReader, parse_source
 from indexer.media.clips import cut_clip
 from indexer.media.ring import RingSegment, SegmentRing, ring_segments
+from indexer.settings import ReaderOptions
 from tests.mediagen import make_video, read_frame_number
 from tests.streams import hls_live
 

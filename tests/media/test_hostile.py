@@ -7,14 +7,9 @@ import re
 
 import pytest
 
-from indexer.media import (
-    Gap,
-    ReaderOptions,
-    SampledFrame,
-    SourceError,
-    SourceReader,
-    parse_source,
-)
+from indexer.batches import Gap, SampledFrame
+from indexer.media import SourceError, SourceReader, parse_source
+from indexer.settings import ReaderOptions
 from tests.mediagen import (
     damaged_span,
     ffprobe,

@@ -7,7 +7,9 @@ import socket
 import threading
 import time
 
-from indexer.media import Gap, ReaderOptions, SampledFrame, SourceReader, parse_source
+from indexer.batches import Gap, SampledFrame
+from indexer.media import SourceReader, parse_source
+from indexer.settings import ReaderOptions
 from tests.mediagen import ffmpeg_bin, make_video, read_frame_number
 from tests.streams import (
     RTSP_SCRIPT,

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from indexer.media import Gap, ReaderOptions, SampledFrame, SourceReader, parse_source
+from indexer.batches import Gap, SampledFrame
+from indexer.media import SourceReader, parse_source
+from indexer.settings import ReaderOptions
 from tests.mediagen import read_frame_number
 from tests.streams import hls_live, rtmp_server, rtsp_server, udp_mpegts
 

@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from indexer.media import Gap, ReaderOptions, SampledFrame, SourceError, SourceReader, parse_source
+from indexer.batches import Gap, SampledFrame
+from indexer.media import SourceError, SourceReader, parse_source
+from indexer.settings import ReaderOptions
 from tests.mediagen import (make_audio_only, make_corrupt, make_non_video, make_truncated, make_unsupported_codec,
                          make_vfr_video, make_video, make_video_with_subtitles, make_zero_byte, read_frame_number)
 from tests.streams import http_files

@@ -1,6 +1,8 @@
 """What the CLI, logs and the manifest show of a source URI: never its password or token."""
 
-from indexer.media.source import ReaderOptions, SourceError, default_stream_id, parse_source, redact_uri
+from indexer.media.source import SourceError, default_stream_id, parse_source
+from indexer.redaction import redact_uri
+from indexer.settings import ReaderOptions
 
 
 def test_source_errors_redact_the_uri_and_urls_quoted_in_the_reason():

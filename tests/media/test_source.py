@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.media.source import redact_query, redact_text, redact_uri
+from indexer.redaction import redact_query, redact_text, redact_uri
 
 
 @pytest.mark.parametrize(("uri", "shown"), [

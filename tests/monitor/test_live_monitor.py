@@ -44,7 +44,7 @@ def config(tmp_path_factory):
 
 
 def vidx_watch(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "indexer.cli", "watch", *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "actors.cli", "watch", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
 

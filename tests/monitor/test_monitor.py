@@ -19,7 +19,7 @@ from indexer.media.source import parse_source
 from indexer.monitor import monitor as monitor_module
 from indexer.monitor.alerts import AlertLog
 from indexer.monitor.monitor import Monitor
-from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.monitor.queries import QueryStore, Webhook
 from indexer.store.root import IndexRoot
 from indexer.store.writer import IndexWriter
 from tests.indexes import tiny_settings
@@ -52,9 +52,10 @@ def encoded(tmp_path_factory):
 def queries(root, url: str) -> None:
     store = QueryStore(IndexRoot.at(root))
     hooks = [Webhook(url=url, secret=SECRET)]
-    store.add(StandingQuery(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5))
-    store.add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=hooks))
-    store.add(StandingQuery(id="frozen", kind="frozen", min_duration_s=3.0, webhooks=hooks))
+    store.create(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5,
+                 allow_private_webhooks=True)  # the receivers listen on 127.0.0.1
+    store.create(id="black", kind="black", min_duration_s=2.0, webhooks=hooks, allow_private_webhooks=True)
+    store.create(id="frozen", kind="frozen", min_duration_s=3.0, webhooks=hooks, allow_private_webhooks=True)
 
 
 def feed(root, encoded, batches: slice, writer: IndexWriter | None = None, on_commit=None) -> IndexWriter:
@@ -211,8 +212,8 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     store = QueryStore(IndexRoot.at(root))
     with Monitor(IndexRoot.at(root), encoded[0]) as monitor:
         writer = feed(root, encoded, slice(0, 2), on_commit=monitor.poll)     # 0-7 s: nothing asked yet
-        store.add(StandingQuery(id="disc", condition="an orange board with a blue disc"))
-        store.add(StandingQuery(id="black", kind="black", paused=True))
+        store.create(id="disc", condition="an orange board with a blue disc")
+        store.create(id="black", kind="black", paused=True)
         feed(root, encoded, slice(2, 4), writer, on_commit=monitor.poll)       # 8-15 s
         opened = AlertLog(IndexRoot.at(root)).alerts()
         # a query added late sees frames from then on: the disc (6-10 s) is caught from 8 s
@@ -259,13 +260,13 @@ def test_a_lost_signal_recorded_as_a_gap_raises_one_alert(tmp_path, encoded):
     the signal_lost rule turns each outage of at least min_duration_s into one alert."""
     from dataclasses import replace
 
-    from indexer.media.reader import Gap
+    from indexer.batches import Gap
 
     settings, info, batches, layout = encoded
     root = tmp_path / "index"
     root.mkdir()
     store = QueryStore(IndexRoot.at(root))
-    store.add(StandingQuery(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0))
+    store.create(id="lost", kind="signal_lost", min_duration_s=3.0, cooldown_s=0.0)
     writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "file")
     outages = {1: Gap(7.0, 12.0, "connection lost: timed out", 1e9 + 7, 1e9 + 12, 8),
@@ -293,7 +294,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
     written when the outage ends is that alert, not a second one."""
     from dataclasses import replace
 
-    from indexer.media.reader import Gap
+    from indexer.batches import Gap
     from indexer.store.manifest import Liveness
 
     settings, info, batches, layout = encoded
@@ -303,7 +304,7 @@ def test_a_source_still_down_raises_signal_lost_once_and_its_frames_returning_cl
     live = [replace(b, wall_time=t0 + b.pts_s) for b in batches]
     root = tmp_path / "index"
     root.mkdir()
-    QueryStore(IndexRoot.at(root)).add(StandingQuery(id="lost", kind="signal_lost", cooldown_s=0.0))
+    QueryStore(IndexRoot.at(root)).create(id="lost", kind="signal_lost", cooldown_s=0.0)
     writer = IndexWriter(IndexRoot.at(root), layout, commit_interval_s=1e9)
     writer.open_stream(info, settings.reader.fps, "rtsp")
 
@@ -364,8 +365,9 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
     root.mkdir()
     with receiver() as hook:
         hook.status = 500
-        QueryStore(IndexRoot.at(root)).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
-            Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]))
+        QueryStore(IndexRoot.at(root)).create(id="black", kind="black", min_duration_s=2.0, allow_private_webhooks=True,
+                                              webhooks=[Webhook(url=hook.url, secret=SECRET),
+                                                        Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)])
         with Monitor(IndexRoot.at(root), settings) as monitor:
             started = time.monotonic()
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)

@@ -13,29 +13,44 @@ from pydantic import ValidationError
 
 from indexer.monitor import conditions
 from indexer.monitor.frames import Frames
-from indexer.monitor.queries import QueryStore, StandingQuery, Webhook
+from indexer.monitor.queries import QueryIdTaken, QueryStore, StandingQuery, Webhook
 from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO
 
 
-def test_store_add_pause_remove_and_errors(tmp_path):
+def test_store_create_pause_remove_and_errors(tmp_path):
     store = QueryStore(IndexRoot.at(tmp_path))
     assert store.load() == [] and store.version() is None
-    store.add(StandingQuery(id="fence", condition="a person climbs the fence", streams=["cam1"],
-                            webhooks=[Webhook(url="http://127.0.0.1:9/hook")]))
-    store.add(StandingQuery(id=store.new_id(), kind="black"))
+    store.create(id="fence", condition="a person climbs the fence", streams=["cam1"],
+                 webhooks=[Webhook(url="http://127.0.0.1:9/hook")], allow_private_webhooks=True)
+    assert store.create(kind="black").id == "q1"  # no id: the next free one
     assert [q.id for q in store.load()] == ["fence", "q1"]
     version = store.version()
     assert store.set_paused("fence", True).paused and store.get("fence").paused
     assert store.version() != version
     assert store.remove("q1").id == "q1" and [q.id for q in store.load()] == ["fence"]
-    with pytest.raises(ValueError, match="already exists"):
-        store.add(StandingQuery(id="fence", kind="frozen"))
+    with pytest.raises(QueryIdTaken, match="already exists"):
+        store.create(id="fence", kind="frozen")
+    with pytest.raises(ValueError, match="points at 127.0.0.1"):  # checked before anything is written
+        store.create(kind="black", webhooks=[{"url": "http://127.0.0.1:9/hook"}])
+    assert [q.id for q in store.load()] == ["fence"]
     with pytest.raises(KeyError, match="nope.*fence"):
         store.remove("nope")
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600   # holds webhook secrets
     secret = store.get("fence").webhooks[0].secret
     assert len(secret) >= 16 and secret not in json.dumps(store.get("fence").public())
+
+
+def test_ids_given_out_at_once_are_distinct(tmp_path):
+    """`create` picks the next free id under the file lock: queries added at the same moment (the
+    HTTP API's threads, a `vidx watch add` beside it) never take the same one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [QueryStore(IndexRoot.at(tmp_path)) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda store: store.create(kind="black").id, stores))
+    assert sorted(ids) == sorted(f"q{n}" for n in range(1, 9))
+    assert sorted(q.id for q in QueryStore(IndexRoot.at(tmp_path)).load()) == sorted(ids)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -52,7 +67,7 @@ def test_invalid_queries_name_the_field(fields, message):
 
 def test_vidx_watch_commands(tmp_path):
     def vidx(*args):
-        return subprocess.run([sys.executable, "-m", "indexer.cli", "watch", *args], cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "actors.cli", "watch", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120, check=False)
 
     added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h", "--allow-private",

@@ -103,7 +103,7 @@ def test_thumbnails_are_the_stored_jpegs(engine, tiny_index):
 def test_vidx_ask_prints_the_answer_and_its_citations_as_json(tiny_index, capsys):
     import json
 
-    from indexer.cli import main
+    from actors.cli import main
 
     rows = frame_rows(tiny_index.root)
     assert main(["ask", str(tiny_index.root), "what is shown?", "--stream", "a", "--from", "1", "--to", "0:05",

@@ -126,7 +126,7 @@ def test_webhooks_to_loopback_or_private_addresses_need_the_setting(engine, root
 
 
 def test_vidx_watch_add_refuses_a_private_webhook_unless_allowed(root, capsys):
-    from indexer.cli import main
+    from actors.cli import main
 
     root.mkdir(parents=True)
     assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook"]) == 2

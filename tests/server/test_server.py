@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.cli import main
+from actors.cli import main
 from indexer.server import check_exposure, create_app
 from indexer.server.guards import is_loopback
 from tests.server.fakes import FakeEngine, entry

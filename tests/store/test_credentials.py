@@ -2,7 +2,7 @@
 
 import stat
 
-from indexer.media.reader import SourceInfo
+from indexer.batches import SourceInfo
 from indexer.store import IndexReader, IndexWriter
 from indexer.store.credentials import source_uri
 from indexer.store.root import IndexRoot

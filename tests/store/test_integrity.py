@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from actors.cli import main
 from indexer.batches import EncodedBatch
-from indexer.cli import main
 from indexer.store import IndexReader, IndexWriter
 from indexer.store.integrity import IndexDamaged
 from indexer.store.manifest import read_manifest

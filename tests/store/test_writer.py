@@ -6,8 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.batches import EncodedBatch
-from indexer.media.reader import Gap, SourceInfo
+from indexer.batches import EncodedBatch, Gap, SourceInfo
 from indexer.store import IndexReader, IndexWriter, Layout
 from indexer.store.features import Float16Features, Int4Features
 from indexer.store.root import IndexRoot
