@@ -233,7 +233,7 @@ def test_a_linked_index_root_still_serves_its_clips(engine, root, tmp_path):
     commit(root, [alert("a", "closed", clip=clip)])
     link = tmp_path / "index-link"
     link.symlink_to(root, target_is_directory=True)  # the root itself may be reached through a link
-    engine.root = link
+    engine.root = IndexRoot.at(link)   # as `vidx serve` makes it: resolved once
     with TestClient(create_app(engine, token=TOKEN)) as client:
         assert client.get("/api/alerts/a/clip", headers=AUTH).status_code == 200
 
