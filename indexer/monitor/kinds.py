@@ -3,9 +3,10 @@
 A `RuleKind` says what its queries must hold (condition text or none, the default minimum
 duration), which lane evaluates it, and how its events open and close: from each stream's new
 frames (`on_frames`), an outage recorded as a gap row (`on_gap`), a source that has stopped
-giving frames (`on_waiting`) and the end of a stream (`on_stream_end`). The do-nothing answer of
-each is the base class's, so the lanes call every kind the same way and never ask which it is.
-A query's kind is built with the query's condition text and sensitivity (`StandingQuery.rule_kind`).
+giving frames (`on_waiting`) and the end of a stream (`on_stream_end`). The base class answers
+each the common way (frames judged one by one into events, gaps and waiting ignored, an open
+event ended at the stream's end), so the lanes call every kind alike and never ask which it is.
+A query's rule is its kind built with its condition text and sensitivity (`StandingQuery.rule`).
 
     @register_kind
     class Snow(PictureRule):           # one class is a new kind: queries.json, the lanes and

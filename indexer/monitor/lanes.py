@@ -105,7 +105,7 @@ class Lane:
         context = Frames.concat([recent, frames]) if recent is not None else frames
         new = NewFrames(frames, context, offset=len(context) - len(frames))
         for query in self._active(entry.stream_id):
-            for event in query.rule_kind().on_frames(self._tracker(query, entry), new, self._context):
+            for event in query.rule().on_frames(self._tracker(query, entry), new, self._context):
                 self._on_event(query, entry, event)
         # built after the rules ran, so the thumbnails they decoded stay decoded for the next commit
         self._recent[entry.stream_id] = (Frames.concat([recent, frames]) if recent is not None
@@ -118,21 +118,21 @@ class Lane:
                          gap["wall_time"].timestamp() if gap["wall_time"] is not None else None,
                          gap["wall_end"].timestamp() if gap["wall_end"] is not None else None)
             for query in self._active(entry.stream_id):
-                for event in query.rule_kind().on_gap(self._tracker(query, entry), outage):
+                for event in query.rule().on_gap(self._tracker(query, entry), outage):
                     self._on_event(query, entry, event)
 
     def _no_signal(self, entry: StreamEntry) -> None:
         """The source is still down: its reader has waited for a frame since
         `entry.liveness.waiting_since`, by its last report."""
         for query in self._active(entry.stream_id):
-            for event in query.rule_kind().on_waiting(self._tracker(query, entry), entry, self._context):
+            for event in query.rule().on_waiting(self._tracker(query, entry), entry, self._context):
                 self._on_event(query, entry, event)
 
     def _finish_stream(self, entry: StreamEntry) -> None:
         for query in self._active(entry.stream_id):
             state = self.state.trackers.get(_key(query.id, entry.stream_id))
             if state is not None and state.open is not None:
-                for event in query.rule_kind().on_stream_end(self._tracker(query, entry)):
+                for event in query.rule().on_stream_end(self._tracker(query, entry)):
                     self._on_event(query, entry, event)
 
     def _on_event(self, query: StandingQuery, entry: StreamEntry, event: Opened | Closed) -> None:

@@ -128,7 +128,7 @@ class StandingQuery(BaseModel):
     def describe(self) -> str:
         return rule_kind(self.kind).describe(self.condition)
 
-    def rule_kind(self) -> RuleKind:
+    def rule(self) -> RuleKind:
         """This query's rule: its kind, with its condition text and sensitivity."""
         return rule_kind(self.kind)(self.condition, self.sensitivity)
 

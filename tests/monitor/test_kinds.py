@@ -48,7 +48,7 @@ def orange_kind():
 def test_a_kind_written_as_one_class_is_validated_and_in_the_api_schema(orange_kind):
     query = StandingQuery(id="o", kind="orange")
     assert query.min_duration_s == 1.5 and query.describe() == "orange"
-    assert isinstance(query.rule_kind(), OrangePicture) and query.rule_kind().sensitivity == 0.5
+    assert isinstance(query.rule(), OrangePicture) and query.rule().sensitivity == 0.5
     with pytest.raises(ValidationError, match="orange rule takes no condition text"):
         StandingQuery(id="o", kind="orange", condition="a red car")
     assert WatchRequest.model_validate({"kind": "orange"}).kind == "orange"
