@@ -133,14 +133,34 @@ class EventTracker:
         """The stream ended: an open event ends at its last frame."""
         return [self._close()] if self.state.open is not None else []
 
+    def open_at(self, start: FrameRef, answer: str) -> list[Opened]:
+        """An event that a clock, not a run of positive frames, says began at `start` (a source that
+        stopped giving frames) opens now, unless one is open or the query is quiet at start.pts_s.
+        Its id is named by `start.index`, so the same event gets the same id after a restart."""
+        state = self.state
+        if state.open is not None or (state.quiet_until_s is not None and start.pts_s < state.quiet_until_s):
+            return []
+        state.open = OpenEvent(alert_id=alert_id(self.query_id, self.stream_id, start.index), start=start,
+                               last=start, best=start, best_score=0.0, answer=answer)
+        state.run = None
+        return [Opened(state.open)]
+
+    def close_at(self, end_s: float, wall_end: float | None) -> list[Closed]:
+        """The open event (if any) ended at media time `end_s`, by what ended it rather than by its
+        last positive frame (a lost signal ends at the first frame the source gives again)."""
+        return [self._end(end_s, wall_end)] if self.state.open is not None else []
+
     def _close(self) -> Closed:
+        last = self.state.open.last
+        wall_end = last.wall_time + self.interval_s if last.wall_time is not None else None
+        return self._end(last.pts_s + self.interval_s, wall_end)
+
+    def _end(self, end_s: float, wall_end: float | None) -> Closed:
         event = self.state.open
-        end = event.last.pts_s + self.interval_s
-        wall_end = event.last.wall_time + self.interval_s if event.last.wall_time is not None else None
         self.state.open = None
         self.state.run = None
-        self.state.quiet_until_s = end + self.cooldown_s
-        return Closed(event, end, wall_end)
+        self.state.quiet_until_s = end_s + self.cooldown_s   # the cooldown starts when the event ends
+        return Closed(event, end_s, wall_end)
 
 
 __all__ = ["Closed", "EventTracker", "FrameRef", "OpenEvent", "Opened", "Run", "TrackerState", "alert_id"]

@@ -1,13 +1,14 @@
-"""`Lane`: the monitor's evaluation of one group of query kinds, at its own pace.
+"""`Lane`: the monitor's evaluation of the query kinds of one lane, at its own pace.
 
 A model-free rule (black, frozen, lost signal) costs microseconds a frame; a natural-language
-condition may wait seconds for LLaMA-VID's verdict. Each group is a lane with its own cursor per
-stream and its own trackers, so a rule's alert never waits behind a verification: the monitor
-runs the lanes side by side and commits each lane's state with the alerts that lane raised."""
+condition may wait seconds for LLaMA-VID's verdict. Each `RuleKind` names its lane (kinds.py); a
+lane has its own cursor per stream and its own trackers, so a rule's alert never waits behind a
+verification: the monitor runs the lanes side by side and commits each lane's state with the
+alerts that lane raised. A lane reads the committed rows and hands them to each query's kind; it
+never asks which kind a query is."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,27 +17,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.monitor import conditions
+from indexer.batches import Gap
 from indexer.monitor.alerts import Alert
-from indexer.monitor.conditions import ConditionEvaluator, Verdict
-from indexer.monitor.events import (
-    Closed,
-    EventTracker,
-    FrameRef,
-    Opened,
-    OpenEvent,
-    TrackerState,
-    alert_id,
-)
+from indexer.monitor.conditions import ConditionEvaluator
+from indexer.monitor.events import Closed, EventTracker, Opened, TrackerState
 from indexer.monitor.frames import FRAME_COLUMNS, Frames
-from indexer.monitor.queries import RULES, StandingQuery
+from indexer.monitor.kinds import LANES, LaneContext, NewFrames, rule_kind
+from indexer.monitor.queries import StandingQuery
 from indexer.monitor.state import LaneState, PendingClose, StreamCursor
 from indexer.settings import Settings
 from indexer.store.manifest import Manifest, StreamEntry
 from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline
 
-LANES = {"rules": RULES, "conditions": ("condition",)}
 RECENT_FRAMES = 32    # per stream, kept for verification windows and the frozen-picture rule
 
 
@@ -51,20 +44,21 @@ class LaneStep:
 class Lane:
     def __init__(self, name: str, root: IndexRoot, settings: Settings, committed: LaneState,
                  evaluator: Callable[[], ConditionEvaluator], stats: dict[str, int]):
-        self.name, self.kinds = name, LANES[name]
+        if name not in LANES:
+            raise ValueError(f"no lane {name!r}; the lanes are {', '.join(LANES)}")
+        self.name = name
         self.root = root
         self.settings = settings
         self.committed = committed                       # as the last monitor commit wrote it
         self.state = committed.model_copy(deep=True)     # as evaluated since
-        self._evaluator = evaluator                      # loads the models on first call
-        self.stats = stats
+        self._context = LaneContext(evaluator, settings.monitor, stats)   # evaluator: loads the models on first call
         self._recent: dict[str, Frames] = {}
         self._queries: list[StandingQuery] = []
         self._out = LaneStep()
 
     def step(self, manifest: Manifest | None, queries: list[StandingQuery]) -> LaneStep | None:
         """Evaluate every commit since the last step; None when there was nothing new."""
-        self._queries = [q for q in queries if q.kind in self.kinds]
+        self._queries = [q for q in queries if rule_kind(q.kind).lane == self.name]
         live = {q.id for q in self._queries}
         for key in [k for k in self.state.trackers if k.split("/", 1)[0] not in live]:
             del self.state.trackers[key]   # a removed query's open event goes with it
@@ -99,7 +93,7 @@ class Lane:
         frames_table = table.filter(pc.and_(pc.equal(table["kind"], "frame"),
                                             pc.greater_equal(table["sample_index"], cursor.next_index)))
         if gaps.num_rows:
-            self._signal_lost(entry, gaps)
+            self._gaps(entry, gaps)
         if frames_table.num_rows:
             frames = Frames.from_rows(entry.stream_id, frames_table.sort_by("sample_index"))
             self._frames(entry, frames)
@@ -108,114 +102,36 @@ class Lane:
     def _frames(self, entry: StreamEntry, frames: Frames) -> None:
         recent = self._recent.get(entry.stream_id)
         context = Frames.concat([recent, frames]) if recent is not None else frames
-        offset = len(context) - len(frames)   # frames[i] is context[offset + i]
-        window = self.settings.monitor.window_frames
-        rule_scores: dict[str, np.ndarray] = {}
+        new = NewFrames(frames, context, offset=len(context) - len(frames))
         for query in self._active(entry.stream_id):
-            tracker = self._tracker(query, entry)
-            if query.kind == "signal_lost":
-                self._signal_back(query, entry, tracker, frames)
-                continue
-            starts = None
-            if query.kind == "condition":
-                evaluator = self._evaluator()
-                scores = np.asarray(evaluator.scores(query.condition, frames), np.float32)
-                positive = scores >= evaluator.threshold(query.sensitivity)
-                self.stats["frames"] += len(frames)
-                self.stats["candidates"] += int(positive.sum())
-
-                def verify(i: int, condition: str = query.condition, evaluator=evaluator) -> Verdict:
-                    end = offset + i + 1
-                    self.stats["verifications"] += 1
-                    return evaluator.verify(condition, context[max(0, end - window):end])
-
-                def describe(i: int) -> str:
-                    return ""
-            else:
-                if query.kind not in rule_scores:
-                    previous = conditions.luma(context.image(offset - 1)) if offset else None
-                    rule_scores[query.kind] = (conditions.black_scores(frames) if query.kind == "black" else
-                                               conditions.frozen_scores(frames, previous))
-                measured = rule_scores[query.kind]
-                limit = (conditions.black_threshold if query.kind == "black" else
-                         conditions.frozen_threshold)(query.sensitivity)
-                positive, scores, verify = measured <= limit, -measured, None
-                describe = _rule_description(query.kind, measured, limit)
-                if query.kind == "frozen":  # the picture froze on the frame before the first repeat
-                    starts = [FrameRef.of(context, offset + i - 1) if offset + i > 0 else FrameRef.of(frames, i)
-                              for i in range(len(frames))]
-            for event in tracker.step(frames, scores, positive, verify, describe, starts):
+            for event in query.rule().on_frames(self._tracker(query, entry), new, self._context):
                 self._on_event(query, entry, event)
         # built after the rules ran, so the thumbnails they decoded stay decoded for the next commit
         self._recent[entry.stream_id] = (Frames.concat([recent, frames]) if recent is not None
                                          else frames)[-RECENT_FRAMES:]
 
-    def _signal_lost(self, entry: StreamEntry, gaps: pa.Table) -> None:
+    def _gaps(self, entry: StreamEntry, rows: pa.Table) -> None:
         """Gap rows: a live source was gone (or a file's stretch undecodable) from start_s to end_s."""
-        for gap in gaps.to_pylist():
-            if gap["reason"] and gap["reason"].startswith("timestamp discontinuity"):
-                continue  # the clock jumped, the picture did not stop
+        for gap in rows.to_pylist():
+            outage = Gap(gap["pts_s"], gap["end_s"], gap["reason"] or "",
+                         gap["wall_time"].timestamp() if gap["wall_time"] is not None else None,
+                         gap["wall_end"].timestamp() if gap["wall_end"] is not None else None)
             for query in self._active(entry.stream_id):
-                if query.kind != "signal_lost":
-                    continue
-                tracker = self._tracker(query, entry)
-                state = tracker.state
-                lasted = (gap["end_s"] - gap["pts_s"]) if gap["end_s"] is not None else math.inf
-                quiet = state.quiet_until_s is not None and gap["pts_s"] < state.quiet_until_s
-                if state.open is not None or lasted < query.min_duration_s or quiet:
-                    continue
-                wall = gap["wall_time"].timestamp() if gap["wall_time"] is not None else None
-                start = FrameRef(frame_id=-1, index=round(gap["pts_s"] * 1000), pts_s=gap["pts_s"], wall_time=wall)
-                state.open = OpenEvent(alert_id=alert_id(query.id, entry.stream_id, start.index), start=start,
-                                       last=start, best=start, best_score=0.0, answer=f"signal lost: {gap['reason']}")
-                self._on_event(query, entry, Opened(state.open))
-                if gap["end_s"] is not None:
-                    wall_end = gap["wall_end"].timestamp() if gap["wall_end"] is not None else None
-                    self._on_event(query, entry, _closed_at(tracker, gap["end_s"], wall_end))
+                for event in query.rule().on_gap(self._tracker(query, entry), outage):
+                    self._on_event(query, entry, event)
 
     def _no_signal(self, entry: StreamEntry) -> None:
-        """The source is still down: its reader has waited `monitor.signal_lost_after_s` (and the
-        query's min_duration_s) for a frame, by its last report. The event opens now; frames
-        from the source end it (`_signal_back`), and the gap row written when the outage ends is
-        this event, not another."""
-        liveness = entry.liveness
-        start_s = entry.watermark_s or 0.0   # media time of the last committed frame
+        """The source is still down: its reader has waited for a frame since
+        `entry.liveness.waiting_since`, by its last report."""
         for query in self._active(entry.stream_id):
-            if query.kind != "signal_lost":
-                continue
-            if liveness.waited_s < max(self.settings.monitor.signal_lost_after_s, query.min_duration_s):
-                continue
-            state = self._tracker(query, entry).state
-            if state.open is not None or (state.quiet_until_s is not None and start_s < state.quiet_until_s):
-                continue
-            # the event is named by when the frames stopped: the same outage gets the same id after a restart
-            start = FrameRef(frame_id=-1, index=round(liveness.waiting_since * 1000), pts_s=start_s,
-                             wall_time=liveness.waiting_since)
-            state.open = OpenEvent(alert_id=alert_id(query.id, entry.stream_id, start.index), start=start,
-                                   last=start, best=start, best_score=0.0,
-                                   answer=f"signal lost: no frame for {liveness.waited_s:.0f} s")
-            self._on_event(query, entry, Opened(state.open))
-
-    def _signal_back(self, query: StandingQuery, entry: StreamEntry, tracker: EventTracker, frames: Frames) -> None:
-        """A lost signal ends at the first frame the source gave after it: by the wall clock when
-        both have one (frames held back in the reader from before the outage are committed after
-        it began), else by media time (an outage recorded as given up, ended in a later run)."""
-        event = tracker.state.open
-        if event is None:
-            return
-        if event.start.wall_time is not None and not np.isnan(frames.wall_time).all():
-            after = np.flatnonzero(frames.wall_time > event.start.wall_time)
-        else:
-            after = np.flatnonzero(frames.pts_s > event.start.pts_s)
-        if len(after):
-            i = int(after[0])
-            self._on_event(query, entry, _closed_at(tracker, float(frames.pts_s[i]), frames.wall(i)))
+            for event in query.rule().on_waiting(self._tracker(query, entry), entry, self._context):
+                self._on_event(query, entry, event)
 
     def _finish_stream(self, entry: StreamEntry) -> None:
         for query in self._active(entry.stream_id):
-            key = _key(query.id, entry.stream_id)
-            if key in self.state.trackers and self.state.trackers[key].open is not None and query.kind != "signal_lost":
-                for event in self._tracker(query, entry).finish():
+            state = self.state.trackers.get(_key(query.id, entry.stream_id))
+            if state is not None and state.open is not None:
+                for event in query.rule().on_stream_end(self._tracker(query, entry)):
                     self._on_event(query, entry, event)
 
     def _on_event(self, query: StandingQuery, entry: StreamEntry, event: Opened | Closed) -> None:
@@ -254,19 +170,6 @@ class Lane:
 
 def _key(query_id: str, stream_id: str) -> str:
     return f"{query_id}/{stream_id}"
-
-
-def _closed_at(tracker: EventTracker, end_s: float, wall_end: float | None) -> Closed:
-    event = tracker.state.open
-    tracker.state.open = None
-    tracker.state.quiet_until_s = end_s + tracker.cooldown_s
-    return Closed(event, end_s, wall_end)
-
-
-def _rule_description(kind: str, measured: np.ndarray, limit: float) -> Callable[[int], str]:
-    if kind == "black":
-        return lambda i: f"black picture: 99th-percentile luma {measured[i]:.0f} <= {limit:.0f}"
-    return lambda i: f"frozen picture: mean luma change {measured[i]:.2f} <= {limit:.2f} between frames"
 
 
 __all__ = ["LANES", "Lane", "LaneStep"]

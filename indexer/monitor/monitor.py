@@ -153,7 +153,7 @@ class Monitor:
             entry = manifest.streams.get(pending.stream_id) if manifest else None
             closed = Alert(**{**opened.__dict__, "status": "closed", "end_s": pending.end_s,
                               "wall_end": pending.wall_end, "raised_at": time.time()})
-            if opened.kind != "signal_lost" and entry is not None:
+            if opened.frame_id is not None and entry is not None:   # an event with no frame (a lost signal): no clip
                 start, end = opened.start_s - m.pre_roll_s, pending.end_s + m.post_roll_s
                 self._attach_clip(closed, entry, self.root.ring_dir(pending.stream_id), max(0.0, start), end)
             rows.append(closed)

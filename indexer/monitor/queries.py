@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,13 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from indexer.monitor.kinds import DEFAULT_KIND, KINDS, KindName, RuleKind, rule_kind
 from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 from indexer.store.root import IndexRoot
 
-RULES = ("black", "frozen", "signal_lost")   # model-free conditions
-# a single black or frozen frame is a cut or a still shot, not an outage
-RULE_MIN_DURATION_S = {"black": 2.0, "frozen": 3.0}
 QUERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # http(s)://[user[:password]@]host[:port][/path?query], whole: explicit character classes (no \s,
 # whose meaning differs between regex engines), as the JSON schema of the HTTP API shows it
@@ -86,19 +84,20 @@ def check_webhook_address(url: str, allow_private: bool = False) -> None:
 
 
 class StandingQuery(BaseModel):
-    """A condition that stays asked. `kind` "condition" is a natural-language condition checked by
-    the retrieval prefilter and LLaMA-VID; "black", "frozen" and "signal_lost" need no model."""
+    """A condition that stays asked. `kind` names its `RuleKind` (kinds.py): "condition" is a
+    natural-language condition checked by the retrieval prefilter and LLaMA-VID; "black", "frozen"
+    and "signal_lost" need no model."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    kind: Literal["condition", "black", "frozen", "signal_lost"] = "condition"
+    kind: KindName = DEFAULT_KIND
     condition: str | None = None
     streams: list[str] = Field(default_factory=list, description="empty: every stream")
     sensitivity: float = Field(0.5, ge=0, le=1, description="higher: more frames pass the prefilter")
     cooldown_s: float = Field(60.0, ge=0, description="no new alert this long after the last one ended")
     min_duration_s: float = Field(0.0, ge=0, description="an event shorter than this raises no alert "
-                                                         "(default: RULE_MIN_DURATION_S by kind, else 0)")
+                                                         "(default: the kind's default_min_duration_s)")
     webhooks: list[Webhook] = Field(default_factory=list)
     paused: bool = False
     created: float = Field(default_factory=time.time)
@@ -107,7 +106,9 @@ class StandingQuery(BaseModel):
     @classmethod
     def _rule_min_duration(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("min_duration_s") is None:
-            data = {**data, "min_duration_s": RULE_MIN_DURATION_S.get(data.get("kind", "condition"), 0.0)}
+            kind = data.get("kind", DEFAULT_KIND)
+            known = KINDS.get(kind) if isinstance(kind, str) else None   # an unknown kind fails on its field
+            data = {**data, "min_duration_s": known.default_min_duration_s if known else 0.0}
         return data
 
     @field_validator("id")
@@ -119,17 +120,18 @@ class StandingQuery(BaseModel):
 
     @model_validator(mode="after")
     def _condition_matches_kind(self) -> StandingQuery:
-        if self.kind == "condition" and not (self.condition and self.condition.strip()):
-            raise ValueError("a condition query needs the condition text")
-        if self.kind != "condition" and self.condition:
-            raise ValueError(f"a {self.kind} rule takes no condition text")
+        rule_kind(self.kind).check(self.condition)
         return self
 
     def watches(self, stream_id: str) -> bool:
         return not self.streams or stream_id in self.streams
 
     def describe(self) -> str:
-        return self.condition if self.kind == "condition" else self.kind.replace("_", " ")
+        return rule_kind(self.kind).describe(self.condition)
+
+    def rule(self) -> RuleKind:
+        """This query's rule: its kind, with its condition text and sensitivity."""
+        return rule_kind(self.kind)(self.condition, self.sensitivity)
 
     def public(self) -> dict:
         """As shown by `vidx watch list` and the HTTP API: webhook secrets left out, and credentials
@@ -228,8 +230,6 @@ def _find(queries: list[StandingQuery], query_id: str, root: IndexRoot) -> Stand
 
 __all__ = [
     "QUERY_ID",
-    "RULES",
-    "RULE_MIN_DURATION_S",
     "WEBHOOK_URL",
     "QueryIdTaken",
     "QueryStore",

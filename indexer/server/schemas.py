@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from indexer.monitor.queries import QUERY_ID, RULES, WEBHOOK_URL
+from indexer.monitor.kinds import DEFAULT_KIND, KINDS, KindName
+from indexer.monitor.queries import QUERY_ID, WEBHOOK_URL
 
 # -- bounds: each keeps a request's memory and its time holding the model small ------------------------
 MAX_QUESTION_CHARS = 2000        # a question, and each question of a history
@@ -172,7 +173,7 @@ class ErrorModel(BaseModel):
 
 
 # -- monitoring -------------------------------------------------------------------------------------
-QueryKind = Literal["condition", "black", "frozen", "signal_lost"]
+QueryKind = KindName   # a registered rule kind's name (indexer/monitor/kinds.py)
 
 
 class WebhookRequest(BaseModel):
@@ -186,20 +187,28 @@ class WebhookRequest(BaseModel):
                                            "in the reply)")
 
 
+def _condition_by_kind(schema: dict[str, Any]) -> None:
+    """What StandingQuery enforces, by the kinds registered when the schema is made: a kind that
+    takes condition text (the default kind among them) needs it, the others take none."""
+    texts = [name for name, kind in KINDS.items() if kind.takes_condition]
+    rules = [name for name, kind in KINDS.items() if not kind.takes_condition]
+    schema["anyOf"] = [
+        {"required": ["condition"], "properties": {"kind": {"enum": texts},
+                                                   "condition": {"type": "string", "pattern": NOT_BLANK}}},
+        {"required": ["kind"], "properties": {"kind": {"enum": rules},
+                                              "condition": {"anyOf": [{"type": "null"}, {"maxLength": 0}]}}},
+    ]
+
+
 class WatchRequest(BaseModel):
     """A new standing query. Left out (null): the standing query's default. A condition query
     (the default kind) needs its condition text; a rule takes none."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [  # what StandingQuery enforces
-        {"required": ["condition"], "properties": {"kind": {"const": "condition"},
-                                                   "condition": {"type": "string", "pattern": NOT_BLANK}}},
-        {"required": ["kind"], "properties": {"kind": {"enum": list(RULES)},
-                                              "condition": {"anyOf": [{"type": "null"}, {"maxLength": 0}]}}},
-    ]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_condition_by_kind)
 
     id: str | None = Field(None, json_schema_extra={"pattern": QUERY_ID.pattern},  # StandingQuery checks it
                            description="letters, digits, '.', '_', '-' (default: q1, q2, ...)")
-    kind: QueryKind = Field("condition", description="condition: a question in words, checked by the models; "
+    kind: QueryKind = Field(DEFAULT_KIND, description="condition: a question in words, checked by the models; "
                                                      "black, frozen, signal_lost: rules that need no model")
     condition: str | None = Field(None, max_length=MAX_CONDITION_CHARS,
                                   description="what to watch for, in words (kind condition only)")

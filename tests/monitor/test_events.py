@@ -93,3 +93,23 @@ def test_alert_ids_are_deterministic_and_distinct():
     assert ea[0].event.alert_id == eb[0].event.alert_id
     other = EventTracker("q2", "cam", 1.0, window_frames=2, merge_gap_s=2, cooldown_s=0, min_duration_s=0)
     assert track(other, "011")[0].event.alert_id != ea[0].event.alert_id
+
+
+def test_an_event_opened_and_closed_by_a_clock_keeps_the_tracker_rules():
+    """open_at/close_at (a lost signal: no positive frames, a wall clock says when): one event at a
+    time, quiet for the cooldown after it, the same id for the same start after a restart."""
+    from indexer.monitor.events import FrameRef
+
+    tracker = make(cooldown_s=5.0)
+    start = FrameRef(frame_id=-1, index=12_000, pts_s=12.0, wall_time=1e9 + 12)
+    [opened] = tracker.open_at(start, "signal lost")
+    assert opened.event.start == start and opened.event.answer == "signal lost" and opened.event.best_score == 0.0
+    assert tracker.open_at(FrameRef(frame_id=-1, index=13_000, pts_s=13.0), "again") == []   # one open at a time
+    restarted = make(cooldown_s=5.0, state=TrackerState.model_validate_json(tracker.state.model_dump_json()))
+    [closed] = restarted.close_at(20.0, 1e9 + 30)
+    assert (closed.event.alert_id, closed.end_s, closed.wall_end) == (opened.event.alert_id, 20.0, 1e9 + 30)
+    assert restarted.state.open is None and restarted.close_at(21.0, None) == []
+    assert restarted.open_at(FrameRef(frame_id=-1, index=24_000, pts_s=24.0), "quiet") == []   # 20 + 5 s cooldown
+    [later] = restarted.open_at(FrameRef(frame_id=-1, index=25_000, pts_s=25.0), "lost again")
+    assert later.event.alert_id != opened.event.alert_id
+    assert make().open_at(start, "x")[0].event.alert_id == opened.event.alert_id
