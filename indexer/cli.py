@@ -161,6 +161,7 @@ def _add_export_llm(sub: argparse._SubParsersAction) -> None:
 def _cmd_watch(args: argparse.Namespace) -> int:
     import json
 
+    from indexer.monitor.kinds import DEFAULT_KIND, rule_kind
     from indexer.monitor.queries import QueryStore
     from indexer.monitor.webhooks import delivery_states, read_deliveries
     from indexer.redaction import redact_uri
@@ -168,8 +169,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from indexer.stream_ids import index_stream_ids, match_stream_id, resolve_stream_ids
 
     root = IndexRoot.at(args.index)
-    kind = (args.rule.replace("-", "_") if args.rule else "condition") if args.action == "add" else None
-    if args.action == "add" and (kind == "condition") == (args.condition is None):
+    kind = (args.rule.replace("-", "_") if args.rule else DEFAULT_KIND) if args.action == "add" else None
+    if args.action == "add" and rule_kind(kind).takes_condition == (args.condition is None):
         raise ValueError("give either a CONDITION text or --rule black|frozen|signal-lost")
     if args.action != "add" and not root.exists():  # add: queries may come first, `vidx monitor` ingests later
         raise FileNotFoundError(f"{root}: no such index folder (vidx watch add, vidx ingest or vidx monitor "
