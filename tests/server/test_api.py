@@ -29,8 +29,13 @@ def engine(tiny_index):
 
 
 @pytest.fixture(scope="module")
-def client(engine):
-    with TestClient(create_app(engine), base_url=LOCAL) as client:
+def media_roots(tiny_index) -> list:
+    return sorted({video.path.parent for video in tiny_index.videos.values()})
+
+
+@pytest.fixture(scope="module")
+def client(engine, media_roots):
+    with TestClient(create_app(engine, media_roots=media_roots), base_url=LOCAL) as client:
         yield client
 
 
@@ -185,9 +190,9 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(clien
     assert client.get("/api/streams").status_code == 200
 
 
-def test_a_token_guards_the_api_but_not_the_page(engine, rows):
+def test_a_token_guards_the_api_but_not_the_page(engine, rows, media_roots):
     frame_id = next(iter(rows))
-    with TestClient(create_app(engine, token=TOKEN)) as client:
+    with TestClient(create_app(engine, token=TOKEN, media_roots=media_roots)) as client:
         assert client.get("/api/streams").status_code == 401
         assert client.get("/api/streams").headers["www-authenticate"] == "Bearer"
         assert client.get("/api/streams", headers={"Authorization": "Bearer wrong"}).status_code == 401
