@@ -181,7 +181,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             id=args.id or store.new_id(), kind=kind, condition=args.condition, streams=streams,
             sensitivity=args.sensitivity, cooldown_s=args.cooldown,
             min_duration_s=args.min_duration,
-            webhooks=[Webhook(url=url, **secret) for url in args.webhook or []])
+            webhooks=[Webhook(url=url, allow_private=args.allow_private, **secret) for url in args.webhook or []])
         store.add(query)
         print(f"added {query.id}: {query.describe()}")
         for hook in query.webhooks:  # a generated secret is shown once: the receiver needs it to check signatures
@@ -255,7 +255,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--secret", help="HMAC secret for the webhooks (default: a random one, printed once)")
     add.add_argument("--allow-private", action="store_true",
                      help="allow webhooks to loopback, private and link-local addresses (a receiver on this machine "
-                          "or the local network)")
+                          "or the local network); its deliveries may go there too")
     for name in ("list", "pause", "resume", "rm"):
         action = actions.add_parser(name, help={"list": "the standing queries", "pause": "stop evaluating a query",
                                                 "resume": "evaluate a paused query again",
@@ -370,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="required on every /api request (default: $VIDX_TOKEN, which other users "
                                        "cannot see in the process list); the page asks for it")
     serve.add_argument("--media-root", action="append",
-                       help="serve source files only from this folder (repeat for several; default: any file a "
-                            "stream of the index names)")
+                       help="play the streams' source files on the page from this folder (repeat for several; "
+                            "default: none, no local file is served)")
     serve.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the main job in under a minute on the CPU: tiny models, a generated clip "

@@ -5,12 +5,10 @@ monitor runs; the monitor re-reads the file when it changes."""
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
 import os
 import re
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from pydantic import (
 )
 
 from indexer.media.source import redact_uri
+from indexer.monitor.webhooks import host_addresses, not_public
 from indexer.store.files import write_atomic
 
 MONITOR_DIR = "monitor"
@@ -47,6 +46,9 @@ class Webhook(BaseModel):
 
     url: str
     secret: str = Field(default_factory=lambda: secrets.token_hex(16), min_length=8, repr=False)
+    # added with --allow-private (or by a server whose settings allow it): deliveries may go to a
+    # loopback or private address; without it each delivery refuses one (webhooks.py)
+    allow_private: bool = False
 
     @field_validator("url")
     @classmethod
@@ -62,27 +64,21 @@ def check_webhook_address(url: str, allow_private: bool = False) -> None:
     `allow_private`: a receiver on this machine or the local network is then the user's choice,
     not something a request can pick (the monitor would POST alerts and thumbnails there).
 
-    A name that does not resolve now passes: it reaches nothing, and deliveries to it retry."""
+    A name that does not resolve now passes: it reaches nothing, and deliveries to it retry. Each
+    delivery checks the address again (a name may resolve elsewhere later: webhooks.py)."""
     if allow_private:
         return
     host = urlsplit(url).hostname
     if not host:
         raise ValueError(f"webhook url {redact_uri(url)!r} names no host")
     try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:  # a name
-        try:
-            addresses = {ipaddress.ip_address(info[4][0].partition("%")[0])
-                         for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
-        except (OSError, UnicodeError):
-            return
-    for address in addresses:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global:
-            raise ValueError(f"webhook url {redact_uri(url)!r} points at {address}, a loopback or private address: "
-                             "allow it with monitor.webhooks.allow_private (vidx serve) or --allow-private "
-                             "(vidx watch add)")
+        address = not_public(host_addresses(host))
+    except (OSError, UnicodeError):
+        return
+    if address is not None:
+        raise ValueError(f"webhook url {redact_uri(url)!r} points at {address}, a loopback or private address: "
+                         "allow it with monitor.webhooks.allow_private (vidx serve) or --allow-private "
+                         "(vidx watch add)")
 
 
 class StandingQuery(BaseModel):

@@ -212,6 +212,7 @@ def _add_query(store: QueryStore, body: WatchRequest, allow_private_webhooks: bo
             raise RequestValidationError(exc.errors(include_url=False)) from exc
         for hook in query.webhooks:  # a well-formed URL; now where it points (400: the schema cannot say)
             check_webhook_address(hook.url, allow_private_webhooks)
+            hook.allow_private = allow_private_webhooks  # and again at each delivery (monitor/webhooks.py)
         try:
             return store.add(query)
         except ValueError as exc:

@@ -50,7 +50,7 @@ def encoded(tmp_path_factory):
 
 def queries(root, url: str) -> None:
     store = QueryStore(root)
-    hooks = [Webhook(url=url, secret=SECRET)]
+    hooks = [Webhook(url=url, secret=SECRET, allow_private=True)]  # a receiver on 127.0.0.1
     store.add(StandingQuery(id="disc", condition="an orange board with a blue disc", webhooks=hooks, cooldown_s=5))
     store.add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=hooks))
     store.add(StandingQuery(id="frozen", kind="frozen", min_duration_s=3.0, webhooks=hooks))
@@ -363,7 +363,8 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
     with receiver() as hook:
         hook.status = 500
         QueryStore(root).add(StandingQuery(id="black", kind="black", min_duration_s=2.0, webhooks=[
-            Webhook(url=hook.url, secret=SECRET), Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]))
+            Webhook(url=hook.url, secret=SECRET, allow_private=True),
+            Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET, allow_private=True)]))
         with Monitor(root, settings) as monitor:
             started = time.monotonic()
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)
