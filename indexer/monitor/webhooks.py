@@ -372,7 +372,7 @@ class WebhookSender:
                 # reached, as a browser would), with the name kept in Host: and in TLS SNI.
                 headers["Host"] = url.netloc.decode("ascii")
                 extensions = {}
-                if url.scheme == "https" and str(addresses[0]) != url.host.strip("[]"):
+                if url.scheme == "https" and [url.host] != [str(a) for a in addresses]:  # a name, not an address
                     extensions["sni_hostname"] = url.host
                     # the pool knows connections by address: one made for another name (another
                     # certificate) must not carry this request
