@@ -78,7 +78,7 @@ def run_demo(out: str | Path, say=print) -> int:
     say(f"\nThe tiny models have random weights: their words (the answer above) and what the text search ranks "
         "first are noise. The retrieval, the times and the citations are real: the image search finds the planted "
         f"scene at its time, and each cited moment is a frame of the clip (its thumbnail is in {moments}).")
-    say(f"\nnext:\n  vidx ask {index} \"{QUESTION}\"\n  vidx serve {index}          "
+    say(f"\nnext:\n  vidx ask {index} \"{QUESTION}\"\n  vidx serve {index} --media-root {tiny.sample.parent}   "
         "# the web page and HTTP API on http://127.0.0.1:8000\n"
         f"  vidx ingest VIDEO --index runs/idx --config configs/default.yaml   # real checkpoints: README, "
         "'Using a real checkpoint'")

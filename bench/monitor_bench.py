@@ -76,7 +76,7 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
     with receiver() as hook, contextlib.ExitStack() as stack:
         store = QueryStore(IndexRoot.at(root))
         store.create(id="black", kind="black", min_duration_s=1.0, cooldown_s=5.0,
-                     webhooks=[Webhook(url=hook.url, secret=SECRET)], allow_private_webhooks=True)
+                     webhooks=[Webhook(url=hook.url, secret=SECRET)], allow_private_webhooks=True)  # 127.0.0.1
         store.create(id="person", condition=CONDITION)
         urls = [stack.enter_context(udp_mpegts(duration_s, fps=10, size=(160, 120), start_delay_s=5.0,
                                                source=video if i % 2 == 0 else video2)) for i in range(n)]

@@ -256,7 +256,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--secret", help="HMAC secret for the webhooks (default: a random one, printed once)")
     add.add_argument("--allow-private", action="store_true",
                      help="allow webhooks to loopback, private and link-local addresses (a receiver on this machine "
-                          "or the local network)")
+                          "or the local network); its deliveries may go there too")
     for name in ("list", "pause", "resume", "rm"):
         action = actions.add_parser(name, help={"list": "the standing queries", "pause": "stop evaluating a query",
                                                 "resume": "evaluate a paused query again",
@@ -352,8 +352,8 @@ def build_parser(add_job_commands: Callable[[argparse._SubParsersAction], None] 
     serve.add_argument("--token", help="required on every /api request (default: $VIDX_TOKEN, which other users "
                                        "cannot see in the process list); the page asks for it")
     serve.add_argument("--media-root", action="append",
-                       help="serve source files only from this folder (repeat for several; default: any file a "
-                            "stream of the index names)")
+                       help="play the streams' source files on the page from this folder (repeat for several; "
+                            "default: none, no local file is served)")
     serve.set_defaults(func=_cmd_serve)
     if add_job_commands is not None:
         add_job_commands(sub)

@@ -168,7 +168,8 @@ class WebhookSettings(BaseModel):
     backoff_max_s: float = Field(60.0, gt=0)
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
     allow_private: bool = Field(False, description="let vidx serve add webhooks to loopback, private and link-local "
-                                "addresses (POST /api/watch); vidx watch add takes --allow-private")
+                                "addresses (POST /api/watch), and vidx monitor deliver to any webhook that resolves "
+                                "there; vidx watch add takes --allow-private")
 
 
 class MonitorSettings(BaseModel):

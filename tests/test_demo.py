@@ -44,5 +44,6 @@ def test_vidx_demo_finds_the_planted_scene_at_its_time_and_cites_real_moments(tm
 
     assert "random weights" in out and "citations are real" in out
     index = tmp_path / "out" / "demo" / "index"
-    assert f"vidx serve {index}" in out and "configs/default.yaml" in out
+    assert f"vidx serve {index} --media-root {tmp_path / 'out' / 'demo' / 'tiny'}" in out  # the page plays the clip
+    assert "configs/default.yaml" in out
     assert Path(index, "manifest.json").is_file()

@@ -203,7 +203,8 @@ class Monitor:
             event = "alert.opened" if row.status == "open" else "alert.closed"
             payload = {"event": event, "index": str(self.root), "alert": row.to_json()}
             for n, hook in enumerate(query.webhooks):
-                self.sender.submit(f"{row.alert_id}:{event}:{n}", hook.url, hook.secret, event, payload)
+                self.sender.submit(f"{row.alert_id}:{event}:{n}", hook.url, hook.secret, event, payload,
+                                   allow_private=hook.allow_private or self.settings.monitor.webhooks.allow_private)
 
     # -- helpers ----------------------------------------------------------------------------------
     @property

@@ -4,11 +4,9 @@ monitor runs; the monitor re-reads the file when it changes."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from pydantic import (
 )
 
 from indexer.monitor.kinds import DEFAULT_KIND, KINDS, KindName, RuleKind, rule_kind
+from indexer.monitor.webhooks import host_addresses, not_public
 from indexer.redaction import redact_uri
 from indexer.store.files import write_atomic
 from indexer.store.root import IndexRoot
@@ -41,6 +40,9 @@ class Webhook(BaseModel):
 
     url: str
     secret: str = Field(default_factory=lambda: secrets.token_hex(16), min_length=8, repr=False)
+    # added with --allow-private (or by a server whose settings allow it): deliveries may go to a
+    # loopback or private address; without it each delivery refuses one (webhooks.py)
+    allow_private: bool = False
 
     @field_validator("url")
     @classmethod
@@ -60,27 +62,21 @@ def check_webhook_address(url: str, allow_private: bool = False) -> None:
     `allow_private`: a receiver on this machine or the local network is then the user's choice,
     not something a request can pick (the monitor would POST alerts and thumbnails there).
 
-    A name that does not resolve now passes: it reaches nothing, and deliveries to it retry."""
+    A name that does not resolve now passes: it reaches nothing, and deliveries to it retry. Each
+    delivery checks the address again (a name may resolve elsewhere later: webhooks.py)."""
     if allow_private:
         return
     host = urlsplit(url).hostname
     if not host:
         raise ValueError(f"webhook url {redact_uri(url)!r} names no host")
     try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:  # a name
-        try:
-            addresses = {ipaddress.ip_address(info[4][0].partition("%")[0])
-                         for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
-        except (OSError, UnicodeError):
-            return
-    for address in addresses:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global:
-            raise ValueError(f"webhook url {redact_uri(url)!r} points at {address}, a loopback or private address: "
-                             "allow it with monitor.webhooks.allow_private (vidx serve) or --allow-private "
-                             "(vidx watch add)")
+        address = not_public(host_addresses(host))
+    except (OSError, UnicodeError):
+        return
+    if address is not None:
+        raise ValueError(f"webhook url {redact_uri(url)!r} points at {address}, a loopback or private address: "
+                         "allow it with monitor.webhooks.allow_private (vidx serve) or --allow-private "
+                         "(vidx watch add)")
 
 
 class StandingQuery(BaseModel):
@@ -175,7 +171,8 @@ class QueryStore:
     def create(self, *, allow_private_webhooks: bool = False, **fields: Any) -> StandingQuery:
         """The one door for a new standing query (`vidx watch add`, POST /api/watch, tests): the
         fields of `StandingQuery` (left out or None: its default; no id: the next free q1, q2, ...)
-        are validated, every webhook's address is checked (`check_webhook_address`), the id is
+        are validated, every webhook's address is checked (`check_webhook_address`) and keeps
+        `allow_private_webhooks` as its `allow_private` (each delivery checks again), the id is
         assigned and the query saved, under the file lock. Raises pydantic's ValidationError (a
         bad field), ValueError (a webhook at a private address) or QueryIdTaken (the id given
         exists); nothing is written then."""
@@ -184,6 +181,7 @@ class QueryStore:
         query = StandingQuery.model_validate({"id": "q1" if given_id is None else given_id, **fields})
         for hook in query.webhooks:  # a well-formed URL; now where it points (before the lock: DNS takes time)
             check_webhook_address(hook.url, allow_private_webhooks)
+        query.webhooks = [hook.model_copy(update={"allow_private": allow_private_webhooks}) for hook in query.webhooks]
         with self._locked() as queries:
             taken = {q.id for q in queries}
             if given_id is None:

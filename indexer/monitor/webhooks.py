@@ -7,6 +7,13 @@ delivery, at most `concurrency` requests in flight per receiver (scheme, host, p
 that hangs cannot hold up another one. Delivery is at least once: an acknowledged delivery is
 never sent again, but a crash between the receiver's 2xx and the outbox line that records it
 resends it, which the receiver can dedupe by the X-Vidx-Delivery header (the deterministic id).
+
+Where a POST goes is checked at each attempt, not only when the webhook was added: a name that
+resolved to a public address then may resolve to 127.0.0.1 or a private one now (DNS rebinding).
+Each attempt resolves the host once (`host_addresses`), refuses a loopback, private, link-local or
+reserved answer unless the webhook was allowed one (`Delivery.allow_private`), and connects to the
+address it checked, with the URL's name kept in `Host:` and in TLS SNI (and certificate checks):
+httpx never resolves the name a second time.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import asyncio
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,6 +62,29 @@ def verify_signature(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, body).encode(), header.encode())
 
 
+def host_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses `host` (a name, or an address as a URL writes it) stands for, in the resolver's
+    order; OSError (socket.gaierror) when a name does not resolve."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:  # a name
+        pass
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].partition("%")[0]) for info in infos))
+
+
+def not_public(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+               ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The first address that is loopback, private, link-local (cloud metadata), shared or
+    reserved (an IPv4-mapped IPv6 address judged as its IPv4 one), or None when all are public."""
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            return address
+    return None
+
+
 def encode_payload(payload: dict) -> bytes:
     """The exact bytes that are signed and sent: compact, key-sorted JSON."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
@@ -73,6 +105,7 @@ class Delivery:
     created_at: float = 0.0
     next_attempt_at: float = 0.0
     finished_at: float | None = None  # when it was delivered or went dead
+    allow_private: bool = False  # the host may resolve to a loopback or private address (its webhook's allowance)
 
 
 @dataclass
@@ -218,16 +251,19 @@ class WebhookSender:
         self._thread.start()
         ready.wait()
 
-    def submit(self, delivery_id: str, url: str, secret: str, event: str, payload: dict) -> bool:
+    def submit(self, delivery_id: str, url: str, secret: str, event: str, payload: dict,
+               allow_private: bool = False) -> bool:
         """Record a delivery in the outbox (fsync'd) and queue it; never waits on the network.
-        Returns False, doing nothing, if `delivery_id` is already in the outbox in any state."""
+        Returns False, doing nothing, if `delivery_id` is already in the outbox in any state.
+        allow_private: the host may be (or resolve to) a loopback or private address; otherwise an
+        attempt that finds one is refused (a dead letter saying so), see the module docstring."""
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"webhook url must be an absolute http(s) URL, got {url!r}")
         now = time.time()
         delivery = Delivery(
             id=delivery_id, url=url, secret=secret, event=event, body=encode_payload(payload),
-            created_at=now, next_attempt_at=now,
+            created_at=now, next_attempt_at=now, allow_private=allow_private,
         )
         with self._lock:
             if delivery_id in self._deliveries:
@@ -318,12 +354,38 @@ class WebhookSender:
             EVENT_HEADER: d.event,
             DELIVERY_HEADER: d.id,
         }
+        url = httpx.URL(d.url)
         try:
             async with asyncio.timeout(self.timeout_s):  # a total deadline; httpx's is per phase
-                # stream(): the status is all we need, so a large response body is never read.
-                async with self._client.stream("POST", d.url, content=d.body, headers=headers) as response:
-                    status = response.status_code
-                    retry_after = response.headers.get("Retry-After")
+                try:
+                    addresses = await asyncio.to_thread(host_addresses, url.host)
+                except (OSError, UnicodeError) as exc:
+                    return _Attempt(f"cannot resolve {url.host}: {exc}", retryable=True)
+                refused = None if d.allow_private else not_public(addresses)
+                if refused is not None:
+                    return _Attempt(f"refused: {url.host} resolves to {refused}, a loopback or private address; "
+                                    "add the webhook with --allow-private (vidx watch add), or set "
+                                    "monitor.webhooks.allow_private, to deliver there")
+                # Pinned: the connection goes to an address just checked (the next one when it cannot be
+                # reached, as a browser would), with the name kept in Host: and in TLS SNI.
+                headers["Host"] = url.netloc.decode("ascii")
+                extensions = {}
+                if url.scheme == "https" and [url.host] != [str(a) for a in addresses]:  # a name, not an address
+                    extensions["sni_hostname"] = url.host
+                    # the pool knows connections by address: one made for another name (another
+                    # certificate) must not carry this request
+                    headers["Connection"] = "close"
+                for n, address in enumerate(addresses):
+                    try:
+                        # stream(): the status is all we need, so a large response body is never read.
+                        async with self._client.stream("POST", url.copy_with(host=str(address)), content=d.body,
+                                                       headers=headers, extensions=extensions) as response:
+                            status = response.status_code
+                            retry_after = response.headers.get("Retry-After")
+                        break
+                    except httpx.ConnectError:
+                        if n == len(addresses) - 1:
+                            raise
         except (TimeoutError, httpx.TimeoutException):
             return _Attempt(f"timed out after {self.timeout_s} s", retryable=True)
         except httpx.ConnectError as exc:
@@ -413,6 +475,8 @@ __all__ = [
     "WebhookSender",
     "delivery_states",
     "encode_payload",
+    "host_addresses",
+    "not_public",
     "read_deliveries",
     "sign",
     "verify_signature",

@@ -8,7 +8,7 @@
 | `POST /api/search`                    | JSON `{text}` / `{image_base64}`, or a multipart `image` -> hits |
 | `GET  /api/streams`                   | every stream: source, length, frames, gaps, errors, latest frame |
 | `GET  /api/frames/{id}/thumbnail.jpg` | a frame's stored JPEG thumbnail                               |
-| `GET  /api/streams/{id}/media`        | the stream's local source file (HTTP Range), 307 to an http(s) file, or 404 |
+| `GET  /api/streams/{id}/media`        | its local source file under --media-root (Range), 307 to an http(s) file |
 | `/api/watch...`, `/api/alerts...`     | live monitoring: standing queries, alerts, the alert feed (`monitor_api`) |
 | `GET  /`                              | the web page; `/docs`, `/redoc`: the OpenAPI docs (offline)    |
 
@@ -155,8 +155,10 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
 
     token: when set, every /api route wants it (`Authorization: Bearer TOKEN` or `?token=TOKEN`);
         when not, only loopback Host names and the page's own origin are answered.
-    media_roots: when set, /api/streams/{id}/media serves a stream's source file only if it lies
-        in one of these folders (default: any local file a stream with committed frames names).
+    media_roots: the folders /api/streams/{id}/media may serve local source files from (`vidx serve
+        --media-root`); none (the default): it serves no local file, and answers 403 saying so. Why
+        not every file the index names: a manifest names what `vidx ingest` was given, and a
+        server should hand out only what its operator chose to publish.
     refresh_interval_s: how often questions pick up new index commits, and alert feeds look for
         new monitor commits (at most every 0.25 s).
     allow_private_webhooks: POST /api/watch may add webhooks to loopback and private addresses.
@@ -165,7 +167,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
     if token is not None and not token:
         raise ValueError("token is empty: pass None for no token")
     gate = EngineGate(engine, refresh_interval_s)
-    roots = None if media_roots is None else [Path(r).expanduser().resolve() for r in media_roots]
+    roots = [Path(r).expanduser().resolve() for r in media_roots or ()]
 
     # /docs (Swagger UI) and /redoc from assets in the fastapi-offline package, not a CDN: they work
     # with no network; no validator badge either (it would ask validator.swagger.io)
@@ -223,7 +225,7 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
 
     @api.get("/streams", response_model=StreamsResponse, summary="The indexed streams and their latest frames")
     async def streams() -> StreamsResponse:
-        return StreamsResponse(streams=await gate.view(lambda: _streams(engine)))  # credentials left out
+        return StreamsResponse(streams=await gate.view(lambda: _streams(engine, roots)))  # credentials left out
 
     @api.get("/frames/{frame_id}/thumbnail.jpg", response_class=Response, summary="A frame's JPEG thumbnail",
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -249,7 +251,9 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
     api.add_api_route(media_path, media, methods=["GET"], response_class=FileResponse,
                       summary="The stream's archived source (HTTP Range requests for seeking)",
                       responses={200: {"content": {"video/*": {}}}, 206: {"description": "a byte range"},
-                                 307: {"description": "an http(s) source: its URL"}})
+                                 307: {"description": "an http(s) source: its URL"},
+                                 403: {"model": ErrorModel, "description": "a local file outside the server's "
+                                                                           "media roots (`--media-root`)"}})
     api.add_api_route(media_path, media, methods=["HEAD"], include_in_schema=False)
 
     api.include_router(monitor_router(engine.root, refresh_interval_s, allow_private_webhooks,
@@ -382,7 +386,7 @@ def _with_max_k(openapi: Callable[[], dict[str, Any]], max_k: int) -> Callable[[
 
 
 # -- responses --------------------------------------------------------------------------------------
-def _streams(engine: QueryEngine) -> list[StreamModel]:
+def _streams(engine: QueryEngine, roots: list[Path]) -> list[StreamModel]:
     out = []
     for entry in engine.streams():
         latest_id, latest_pts = engine.latest_frame(entry.stream_id) or (None, None)
@@ -390,12 +394,21 @@ def _streams(engine: QueryEngine) -> list[StreamModel]:
             stream_id=entry.stream_id, uri=redact_uri(entry.uri), protocol=entry.protocol, live=entry.live,
             fps=entry.fps, duration_s=entry.duration_s, watermark_s=entry.watermark_s, frames=entry.frames,
             gaps=entry.gaps, complete=entry.complete, error=None if entry.error is None else redact_text(entry.error),
-            latest_frame_id=latest_id, latest_pts_s=latest_pts, media=latest_id is not None and _playable(entry)))
+            latest_frame_id=latest_id, latest_pts_s=latest_pts,
+            media=latest_id is not None and _playable(entry, roots)))
     return out
 
 
-def _playable(entry: StreamEntry) -> bool:
-    return not entry.live and (entry.protocol == "file" or _redirectable(entry))
+def _playable(entry: StreamEntry, roots: list[Path]) -> bool:
+    if entry.live:
+        return False
+    return _under(Path(entry.uri), roots) if entry.protocol == "file" else _redirectable(entry)
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    """`path`, links resolved, lies in one of `roots` (already resolved)."""
+    path = path.resolve()
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def _redirectable(entry: StreamEntry) -> bool:
@@ -405,10 +418,10 @@ def _redirectable(entry: StreamEntry) -> bool:
         redact_uri(entry.uri) == entry.uri
 
 
-def _media_target(entry: StreamEntry, roots: list[Path] | None, has_frames: bool) -> Path | str:
+def _media_target(entry: StreamEntry, roots: list[Path], has_frames: bool) -> Path | str:
     """The one file (or URL) a stream's manifest entry names, once frames from it are committed (a
-    file that never decoded, say a credentials.txt caught by a glob, is not media); KeyError (404)
-    for anything else."""
+    file that never decoded, say a credentials.txt caught by a glob, is not media) and, for a local
+    file, only inside `roots`: HTTPException 403 outside them; KeyError (404) for anything else."""
     name = entry.stream_id
     if not has_frames:
         raise KeyError(f"stream {name!r} has no committed frames: its source is not served"
@@ -422,8 +435,12 @@ def _media_target(entry: StreamEntry, roots: list[Path] | None, has_frames: bool
         raise KeyError(f"stream {name!r} is a {entry.protocol} source: only local files (and plain http(s) files, "
                        "by redirect) can be played")
     path = Path(entry.uri).resolve()  # a link is served as what it points at, and checked as that
-    if roots is not None and not any(path.is_relative_to(root) for root in roots):
-        raise KeyError(f"stream {name!r}: its source is outside the media roots this server may serve")
+    if not roots:
+        raise HTTPException(403, f"stream {name!r}: this server plays no local files; start it with --media-root "
+                                 "DIR (the folder that holds the sources) to play them")
+    if not _under(path, roots):
+        raise HTTPException(403, f"stream {name!r}: its source is outside the media roots this server may serve "
+                                 "(--media-root)")
     if not path.is_file():
         raise KeyError(f"stream {name!r}: its source file {entry.uri} is no longer there")
     return path

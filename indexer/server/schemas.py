@@ -161,7 +161,7 @@ class StreamModel(BaseModel):
     latest_frame_id: int | None = Field(description="the newest committed frame (a live stream's latest picture)")
     latest_pts_s: float | None
     media: bool = Field(description="GET /api/streams/{stream_id}/media plays the source (an archived local "
-                                    "file, or a redirect to an http(s) file)")
+                                    "file under the server's --media-root, or a redirect to an http(s) file)")
 
 
 class StreamsResponse(BaseModel):

@@ -71,6 +71,9 @@ def serve(index: IndexRoot, settings: Settings | None = None, host: str = "127.0
             app = create_app(engine, token=token or None, media_roots=media_roots,
                              allow_private_webhooks=engine.settings.monitor.webhooks.allow_private)
             logger.info("serving %s on %s:%d (the page at /, API docs at /docs)", index, host, port)
+            if not media_roots:
+                logger.info("the page plays no local source files: give --media-root DIR (the folder of the "
+                            "videos) to play them")
             config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)
             uvicorn.Server(config).run(sockets=[sock])
         finally:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.features import feature_format, load_arrays
-from indexer.store.integrity import IndexDamaged, check_file, read_verified
+from indexer.store.integrity import IndexDamaged, check_file, read_verified, verify_once
 from indexer.store.manifest import Manifest, Segment, read_manifest
 from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline, read_timelines, timeline_schema
@@ -63,7 +63,7 @@ class IndexReader:
                                  f"{self.layout.feature_format!r})")
             rows = ids[at] - segment.first_frame_id
             try:
-                arrays = load_arrays([self.root / self._open(f) for f in segment.features])
+                arrays = load_arrays([self.root / self._open(f, full=True) for f in segment.features])
             except ValueError as exc:  # a header that is not the one written
                 raise IndexDamaged(self.root, segment.features[0], f"unreadable .npy: {exc}") from None
             out[at] = fmt.decode([a[rows] for a in arrays])
@@ -118,10 +118,11 @@ class IndexReader:
                     sizes[component] += size
         return sizes
 
-    def _open(self, name: str) -> str:
-        """`name`, after the cheap check the first time this reader opens it."""
+    def _open(self, name: str, full: bool = False) -> str:
+        """`name`, after the cheap check the first time this reader opens it (`full`: and every byte,
+        the first time this process does: features files, integrity.verify_once)."""
         if name not in self._checked:
-            check_file(self.root, name, self.manifest.checksums.get(name))
+            (verify_once if full else check_file)(self.root, name, self.manifest.checksums.get(name))
             self._checked.add(name)
         return name
 

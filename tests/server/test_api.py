@@ -30,8 +30,13 @@ def engine(tiny_index):
 
 
 @pytest.fixture(scope="module")
-def client(engine):
-    with TestClient(create_app(engine), base_url=LOCAL) as client:
+def media_roots(tiny_index) -> list:
+    return sorted({video.path.parent for video in tiny_index.videos.values()})
+
+
+@pytest.fixture(scope="module")
+def client(engine, media_roots):
+    with TestClient(create_app(engine, media_roots=media_roots), base_url=LOCAL) as client:
         yield client
 
 
@@ -187,9 +192,9 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(clien
     assert client.get("/api/streams").status_code == 200
 
 
-def test_a_token_guards_the_api_but_not_the_page(engine, rows):
+def test_a_token_guards_the_api_but_not_the_page(engine, rows, media_roots):
     frame_id = next(iter(rows))
-    with TestClient(create_app(engine, token=TOKEN)) as client:
+    with TestClient(create_app(engine, token=TOKEN, media_roots=media_roots)) as client:
         assert client.get("/api/streams").status_code == 401
         assert client.get("/api/streams").headers["www-authenticate"] == "Bearer"
         assert client.get("/api/streams", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -209,3 +214,36 @@ def test_openapi_documents_every_route(client):
     assert set(paths) >= {"/api/ask", "/api/search", "/api/streams", "/api/frames/{frame_id}/thumbnail.jpg",
                           "/api/streams/{stream_id}/media"}
     assert set(paths["/api/search"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+
+
+def test_finite_damage_inside_a_features_file_answers_503_and_exit_1_naming_it(tiny_index, tmp_path, capsys):
+    """Bytes changed in the middle of a features file (past the 64 KiB ends the cheap check hashes)
+    into other finite numbers: no answer from them, over HTTP or on the command line."""
+    import shutil
+
+    from indexer.cli import main
+    from indexer.store.manifest import read_manifest
+
+    root = tmp_path / "index"
+    shutil.copytree(tiny_index.root, root)
+    damaged = []
+    for stream in read_manifest(IndexRoot.at(root)).streams.values():
+        name = next(seg for seg in stream.segments if seg.frames).features[0]
+        path = root / name
+        assert path.stat().st_size > 2 * 65536 + 4096, "the file must have a middle the cheap check does not read"
+        with open(path, "r+b") as f:
+            f.seek(65536 + 1024)
+            f.write(np.random.default_rng(0).normal(size=1024).astype(np.float16).tobytes())  # finite values
+        damaged.append(name)
+    engine = QueryEngine.open(IndexRoot.at(root))
+    try:
+        with TestClient(create_app(engine), base_url=LOCAL) as client:
+            reply = client.post("/api/ask", json={"question": "What is on the screen?"})
+    finally:
+        engine.close()
+    assert reply.status_code == 503 and reply.headers["content-type"] == "application/json", reply.text
+    assert reply.json()["file"] in damaged and "SHA-256" in reply.json()["detail"]
+    capsys.readouterr()
+    assert main(["ask", str(root), "What is on the screen?"]) == 1
+    err = capsys.readouterr().err
+    assert any(name in err for name in damaged) and "vidx repair" in err, err

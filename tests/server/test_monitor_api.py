@@ -119,10 +119,14 @@ def test_webhooks_to_loopback_or_private_addresses_need_the_setting(engine, root
         assert QueryStore(IndexRoot.at(root)).load() == []
         public = client.post("/api/watch", json={"kind": "black", "webhooks": [{"url": "https://93.184.215.14/hook"}]})
         assert public.status_code == 201, public.text
+        # and its deliveries may not go to a private address either, should the host later be one
+        assert not QueryStore(IndexRoot.at(root)).get(public.json()["id"]).webhooks[0].allow_private
     with TestClient(create_app(engine, token=TOKEN, allow_private_webhooks=True)) as client:
         local = client.post("/api/watch", json={"kind": "frozen", "webhooks": [{"url": "http://127.0.0.1:9/hook"}]},
                             headers=AUTH)
         assert local.status_code == 201, local.text
+        stored = QueryStore(IndexRoot.at(root)).get(local.json()["id"]).webhooks[0]
+        assert stored.allow_private  # its deliveries go there too
 
 
 def test_vidx_watch_add_refuses_a_private_webhook_unless_allowed(root, capsys):
@@ -135,7 +139,8 @@ def test_vidx_watch_add_refuses_a_private_webhook_unless_allowed(root, capsys):
     assert len(err.strip().splitlines()) == 1 and QueryStore(IndexRoot.at(root)).load() == []
     assert main(["watch", "add", str(root), "--rule", "black", "--webhook", "http://127.0.0.1:9/hook",
                  "--allow-private"]) == 0
-    assert [w.url for w in QueryStore(IndexRoot.at(root)).get("q1").webhooks] == ["http://127.0.0.1:9/hook"]
+    stored = QueryStore(IndexRoot.at(root)).get("q1").webhooks
+    assert [(w.url, w.allow_private) for w in stored] == [("http://127.0.0.1:9/hook", True)]
 
 
 def test_every_monitor_route_wants_the_token(engine, root):

@@ -62,7 +62,8 @@ def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, t
     driver = chrome()
     engine = QueryEngine.open(IndexRoot.at(tiny_index.root))
     try:
-        with serving(create_app(engine), driver) as url:
+        roots = {video.path.parent for video in tiny_index.videos.values()}
+        with serving(create_app(engine, media_roots=roots), driver) as url:
             driver.get(url + "/")
             wait = WebDriverWait(driver, WAIT_S)
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stream-choices input"))  # streams polled
@@ -92,6 +93,29 @@ def test_ask_then_click_a_cited_thumbnail_to_play_the_source_there(tiny_index, t
     finally:
         driver.quit()
         engine.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_local_source_outside_the_media_roots_is_not_played_and_the_page_says_how_to(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0" * 1024)
+    engine = FakeEngine([entry("file", str(video), "file")])  # its answer cites "file" 0:00-0:01
+    driver = chrome()
+    try:
+        with serving(create_app(engine, refresh_interval_s=0), driver) as url:  # no media_roots: the default
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, WAIT_S)
+            driver.find_element(By.ID, "question").send_keys("What is shown?")
+            driver.find_element(By.ID, "ask-button").click()
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#timelines button.thumb"))[0].click()
+            caption = wait.until(lambda d: d.find_element(By.ID, "player-caption").text)
+            assert "--media-root DIR" in caption and caption.startswith("file is a local file"), caption
+            assert not driver.execute_script("return document.getElementById('player').getAttribute('src')")
+    finally:
+        driver.quit()
 
 
 @pytest.mark.timeout(120)

@@ -63,7 +63,7 @@ def test_refreshes_at_most_once_per_interval(engine):
 
 
 def test_media_plays_local_files_redirects_plain_http_files_and_refuses_the_rest(engine, tmp_path):
-    with TestClient(create_app(engine), follow_redirects=False, base_url=LOCAL) as client:
+    with TestClient(create_app(engine, media_roots=[tmp_path]), follow_redirects=False, base_url=LOCAL) as client:
         assert client.get("/api/streams/file/media", headers={"Range": "bytes=0-3"}).content == bytes([0, 1, 2, 3])
         web = client.get("/api/streams/web/media")
         assert web.status_code == 307 and web.headers["location"] == "https://example.org/talk.mp4"
@@ -76,13 +76,31 @@ def test_media_plays_local_files_redirects_plain_http_files_and_refuses_the_rest
         media = {s["stream_id"]: s["media"] for s in client.get("/api/streams").json()["streams"]}
         assert media == {"file": True, "gone": True, "cam": False, "web": True, "secret": False, "signed": False,
                          "hls": False, "notes": False, "door": False}
+
+
+def test_local_files_are_served_only_under_a_media_root(engine, tmp_path):
+    """The default serves no local file (a manifest names whatever `vidx ingest` was given); the
+    refusal says which option plays them, and /api/streams does not offer them to the page."""
     elsewhere = tmp_path / "media-root"
     elsewhere.mkdir()
+    link = elsewhere / "v.mp4"  # a link inside the root to a file outside it: checked as what it points at
+    link.symlink_to(tmp_path / "v.mp4")
+    for roots, words in [(None, "start it with --media-root DIR"), ([], "start it with --media-root DIR"),
+                         ([elsewhere], "outside the media roots")]:
+        with TestClient(create_app(engine, media_roots=roots), follow_redirects=False, base_url=LOCAL) as client:
+            response = client.get("/api/streams/file/media")
+            assert response.status_code == 403 and words in response.json()["detail"], (roots, response.text)
+            assert client.head("/api/streams/file/media").status_code == 403
+            media = {s["stream_id"]: s["media"] for s in client.get("/api/streams").json()["streams"]}
+            assert not media["file"] and media["web"]  # a plain http(s) file is only a redirect: no local bytes
+            assert client.get("/api/streams/web/media").status_code == 307
+    engine.entries.append(entry("linked", str(link), "file"))
+    engine.frames.streams["linked"] = engine.frames.streams["file"]
     with TestClient(create_app(engine, media_roots=[elsewhere]), base_url=LOCAL) as client:
-        response = client.get("/api/streams/file/media")
-        assert response.status_code == 404 and "outside the media roots" in response.json()["detail"]
+        assert client.get("/api/streams/linked/media").status_code == 403
     with TestClient(create_app(engine, media_roots=[tmp_path]), base_url=LOCAL) as client:
         assert client.get("/api/streams/file/media").status_code == 200
+        assert client.get("/api/streams/linked/media").content == (tmp_path / "v.mp4").read_bytes()
 
 
 def test_streams_and_errors_show_no_credentials(engine):

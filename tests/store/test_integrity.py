@@ -73,24 +73,65 @@ def test_0xff_in_a_features_file_is_named_not_answered_from(tmp_path):
     assert [d.file for d in check_index(IndexRoot.at(tmp_path), full=True)] == [name]
 
 
-def test_0xff_in_the_middle_of_a_large_features_file_is_caught_by_the_finiteness_check(tmp_path):
-    """Past the cheap check's 64 KiB ends: features read back must be finite."""
-    big = LAYOUT.model_copy(update={"feature_shape": (512, 64)})  # 64 KiB a frame
-    w = IndexWriter(IndexRoot.at(tmp_path), big)
+def large_features_index(root):
+    """One segment of 4 frames of 64 KiB of features each (the middle frames lie past the cheap
+    check's 64 KiB ends); returns (the batch written, the features file's name)."""
+    big = LAYOUT.model_copy(update={"feature_shape": (512, 64)})
+    w = IndexWriter(IndexRoot.at(root), big)
     w.open_stream(info(), 1.0, "file")
     b = batch(0, 4)
     b.features = np.random.default_rng(0).normal(size=(4, 512, 64)).astype(np.float16)
     w.append(b)
     w.close()
-    name = read_manifest(IndexRoot.at(tmp_path)).streams["cam"].segments[0].features[0]
-    assert (tmp_path / name).stat().st_size > 200_000
+    name = read_manifest(IndexRoot.at(root)).streams["cam"].segments[0].features[0]
+    assert (root / name).stat().st_size > 200_000
+    return b, name
+
+
+def test_0xff_in_the_middle_of_a_large_features_file_is_named_at_its_first_read(tmp_path):
+    b, name = large_features_index(tmp_path)
     overwrite(tmp_path / name, 128 + 2 * 65536 + 100, b"\xff" * 200)  # frame 2, never in the ends
     assert check_index(IndexRoot.at(tmp_path)) == []  # the cheap check cannot see it ...
-    reader = IndexReader(IndexRoot.at(tmp_path))
-    np.testing.assert_array_equal(reader.features([1]), b.features[[1]])
-    with pytest.raises(IndexDamaged, match=name):  # ... the read does
-        reader.features([2])
+    with pytest.raises(IndexDamaged, match=name):  # ... the first read of the file does, whichever frame it wants
+        IndexReader(IndexRoot.at(tmp_path)).features([1])
     assert [d.file for d in check_index(IndexRoot.at(tmp_path), full=True)] == [name]
+
+
+def test_finite_random_bytes_in_the_middle_of_a_features_file_are_named_not_answered_from(tmp_path):
+    """Damage that reads as plausible numbers (no NaN for the finiteness check to see): only the
+    checksum knows, and it is checked when the file is first opened."""
+    b, name = large_features_index(tmp_path)
+    finite = np.random.default_rng(1).normal(size=100).astype(np.float16).tobytes()
+    overwrite(tmp_path / name, 128 + 2 * 65536 + 100, finite)  # frame 2's values, still finite
+    assert check_index(IndexRoot.at(tmp_path)) == []
+    with pytest.raises(IndexDamaged, match=name) as caught:
+        IndexReader(IndexRoot.at(tmp_path)).features([2])
+    assert caught.value.file == name and "SHA-256" in caught.value.reason and "vidx repair" in str(caught.value)
+
+
+def test_a_features_file_is_checked_in_full_once_per_process(tmp_path, monkeypatch):
+    """Whole-file hashing happens at the first open in the process (a new reader after each
+    commit does not repeat it); a file changed since is checked again."""
+    from indexer.store import integrity
+
+    b, name = large_features_index(tmp_path)
+    hashed = []
+    real = integrity.checksum_file
+
+    def counted(path):
+        hashed.append(path.relative_to(tmp_path).as_posix())
+        return real(path)
+
+    monkeypatch.setattr(integrity, "checksum_file", counted)
+    for _ in range(3):  # the server makes a reader per refresh
+        np.testing.assert_array_equal(IndexReader(IndexRoot.at(tmp_path)).features([2]), b.features[[2]])
+    assert hashed == [name]
+    finite = np.random.default_rng(1).normal(size=100).astype(np.float16).tobytes()
+    overwrite(tmp_path / name, 128 + 2 * 65536 + 100, finite)
+    os.utime(tmp_path / name, ns=(1, 1))  # another mtime even on a file system with coarse times
+    with pytest.raises(IndexDamaged, match=name):
+        IndexReader(IndexRoot.at(tmp_path)).features([2])
+    assert hashed == [name, name]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing", "extended"])

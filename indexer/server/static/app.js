@@ -377,8 +377,10 @@ function play(streamId, start) {
   const stream = state.streams.get(streamId);
   $("#player-section").hidden = false;
   if (stream && !stream.media) {
-    $("#player-caption").textContent = `${streamId} is a ${stream.live ? "live " : ""}${stream.protocol} source: `
-      + "there is no archived file to play.";
+    $("#player-caption").textContent = !stream.live && stream.protocol === "file"
+      ? `${streamId} is a local file this server does not play: start it with --media-root DIR (the folder `
+        + "that holds the file) to play it here."
+      : `${streamId} is a ${stream.live ? "live " : ""}${stream.protocol} source: there is no archived file to play.`;
     return;
   }
   $("#player-caption").textContent = `${streamId} from ${clock(start)}`;
