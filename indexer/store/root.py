@@ -129,9 +129,10 @@ class IndexRoot:
     DATA_DIRS = ("timeline", "features", "vectors")   # what the manifest lists lies only in these
 
     @staticmethod
-    def timeline_file(stream_id: str, generation: int) -> str:
-        """A commit's Parquet rows of one stream, relative to the root (as the manifest lists it)."""
-        return f"timeline/stream={stream_id}/part-{generation:08d}.parquet"
+    def timeline_file(stream_id: str, generation: int, thumbnails: bool = True) -> str:
+        """A commit's Parquet rows of one stream, relative to the root (as the manifest lists it);
+        `thumbnails=False`: the same rows rewritten without thumbnails by retention (store/retention.py)."""
+        return f"timeline/stream={stream_id}/part-{generation:08d}{'' if thumbnails else '.nothumbs'}.parquet"
 
     @staticmethod
     def features_dir(stream_id: str) -> str:
