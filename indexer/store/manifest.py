@@ -214,6 +214,7 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
         link.unlink(missing_ok=True)
         os.link(root / MANIFEST, link)
         os.replace(link, root / PREVIOUS_MANIFEST)
+        link.unlink(missing_ok=True)  # still there when both names were one file (a crash came between these steps)
     write_atomic_json(root / MANIFEST, {**value, "checksum": _manifest_checksum(value)})
 
 

@@ -70,7 +70,9 @@ class PruneReport:
     def lines(self) -> list[str]:
         verb = "would free" if self.dry_run else "freed"
         out = [f"removed {self.removed_leftovers} files an interrupted commit left"] if self.removed_leftovers else []
-        for (sid, action), run in groupby(self.steps, key=lambda s: (s.stream_id, s.action)):
+        order = (DROP_FEATURES, TO_INT4, DROP_THUMBNAILS)
+        shown = sorted(self.steps, key=lambda s: (s.stream_id, order.index(s.action), s.generation))
+        for (sid, action), run in groupby(shown, key=lambda s: (s.stream_id, s.action)):
             run = list(run)
             out.append(f"{sid} {run[0].start_s:.1f}-{run[-1].end_s:.1f} s: {action} ({len(run)} segments, "
                        f"{sum(s.files for s in run)} files), {verb} {human_bytes(sum(s.frees for s in run))}")

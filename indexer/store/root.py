@@ -262,7 +262,8 @@ class IndexRoot:
     def remove_uncommitted_index(self, committed: set[str]) -> list[Path]:
         """The writer's clean-up on open: data files the manifest does not list, and its temporary."""
         return self.remove_uncommitted(self.path, self.DATA_DIRS, committed,
-                                       [self.manifest.with_name(self.manifest.name + TMP_SUFFIX)])
+                                       [path.with_name(path.name + TMP_SUFFIX)
+                                        for path in (self.manifest, self.previous_manifest)])
 
     def remove_uncommitted_alerts(self, committed: set[str]) -> list[Path]:
         """The monitor's clean-up on open: alert files its state does not list."""
