@@ -274,7 +274,7 @@ def test_info_shows_bytes_per_tier_and_stream_and_which_spans_give_context_token
         moved.rename(built.videos["a"])
 
 
-# -- a prune killed at every step, then run again ----------------------------------------------------------
+# -- a prune killed at a dozen moments (its file changes 1, 2, ..., the last), then run again --------------
 KILLING_PRUNE = """
 import os, signal, sys
 root, policy, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -301,7 +301,7 @@ def run_killing_prune(root: Path, policy: RetentionSettings, kill_at: int) -> su
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
 
 
-def test_a_prune_killed_at_any_step_then_run_again_leaves_a_valid_index_of_manifest_files(built, tmp_path):
+def test_a_prune_killed_at_a_dozen_moments_then_run_again_leaves_a_valid_index_of_manifest_files(built, tmp_path):
     policy = RetentionSettings.model_validate({**AGED, "thumbnails_s": 4})
     whole = run_killing_prune(copy_index(built, tmp_path / "whole"), policy, 0)
     assert whole.returncode == 0, whole.stderr
