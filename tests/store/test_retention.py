@@ -329,3 +329,22 @@ def test_a_prune_killed_at_a_dozen_moments_then_run_again_leaves_a_valid_index_o
         assert_features_as_policy(root, built)
         assert [name for name in os.listdir(root) if name.endswith(".tmp")] == [], kill_at
     assert killed_before and killed_after  # both crash windows were hit: before the commit and after it
+
+
+def test_a_manifest_from_before_retention_reads_and_prunes(built, tmp_path):
+    """Segments without a format or times (older manifests): the layout's format, times read from
+    the timeline by the first prune, which records them."""
+    root = copy_index(built, tmp_path)
+    value = json.loads((root / "manifest.json").read_text())
+    value.pop("checksum")
+    for entry in value["streams"].values():
+        for seg in entry["segments"]:
+            for field in ("feature_format", "start_s", "end_s", "wall_end", "thumbnails"):
+                seg.pop(field)
+    (root / "manifest.json").write_text(json.dumps(value))
+    assert formats(root) == {"a": ["float16"] * 4, "b": ["float16"] * 4}
+    assert_features_as_policy(root, built)
+    prune_index(root, RetentionSettings.model_validate(AGED))
+    assert formats(root) == {"a": ["none", "int4", "float16", "float16"], "b": ["none", "int4", "float16", "float16"]}
+    assert [seg.end_s for seg in read_manifest(root).streams["a"].segments] == SEGMENT_ENDS
+    assert_features_as_policy(root, built)
