@@ -153,6 +153,12 @@ def test_thumbnails_go_by_age_and_the_timeline_rows_stay(built, tmp_path):
     assert formats(root) == {"a": ["float16"] * 4, "b": ["float16"] * 4}
     assert_features_as_policy(root, built)
     assert files_on_disk(root) == index.manifest.files()
+    from indexer.query.engine import QueryEngine
+
+    engine = QueryEngine.open(root)  # the thumbnail API answers 404 (KeyError) with why
+    with pytest.raises(KeyError, match="frame 0 has no thumbnail any more: the index's retention policy dropped it"):
+        engine.thumbnail(0)
+    assert engine.thumbnail(index.manifest.next_frame_id - 1)[:2] == b"\xff\xd8"
 
 
 def test_byte_caps_convert_then_drop_the_oldest_segments_first(built, tmp_path):
