@@ -74,7 +74,8 @@ class RetentionPolicy(BaseModel):
     int4_max_bytes: int | None = Field(None, ge=0, description="beyond this many int4 bytes in a stream, its "
                                        "oldest int4 files are dropped")
     thumbnails_s: float | None = Field(None, ge=0, description="JPEG thumbnails up to this age")
-    recordings_s: float | None = Field(None, ge=0, description="recordings of live sources up to this age")
+    recordings_s: float | None = Field(None, ge=0, description="recordings of live sources up to this age (for "
+                                       "the recorder of live sources; nothing in this version records them yet)")
 
 
 class RetentionSettings(RetentionPolicy):
