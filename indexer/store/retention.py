@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.settings import RetentionPolicy, RetentionSettings
 from indexer.store.features import Int4Features, feature_format, load_arrays, save_arrays, stored_bytes
-from indexer.store.integrity import checksum_file, damaged_files
+from indexer.store.integrity import IndexDamaged, checksum_file, damaged_files
 from indexer.store.manifest import Layout, Manifest, Segment, StreamEntry, read_manifest, write_manifest
 from indexer.store.root import IndexRoot
 from indexer.store.timeline import read_timeline, write_timeline
@@ -97,7 +98,7 @@ def plan_retention(root: Path, manifest: Manifest, settings: RetentionSettings,
         if not segments or not _acts(policy):
             continue
         for seg in segments:
-            _fill_times(root, entry.stream_id, seg)
+            _fill_times(root, seg)
         steps += _plan_stream(root, manifest.layout, entry, segments, policy, now)
     return steps
 
@@ -123,6 +124,8 @@ def apply_retention(root: Path, manifest: Manifest, steps: list[RetentionStep]) 
         if step.action == TO_INT4:
             old = feature_format(seg.format_name(layout))
             features = old.decode(load_arrays([root / f for f in seg.features]))  # float16 [n, 1+N, C]
+            if not np.isfinite(features).all():  # damage inside the file: kept for `vidx repair` to find
+                raise IndexDamaged(root, seg.features[0], "non-finite patch features")
             base = root / IndexRoot.features_dir(step.stream_id) / IndexRoot.features_stem(seg.generation)
             names = save_arrays(base, Int4Features(), features)  # other suffixes: never the old files' names
             seg.features = [f"{IndexRoot.features_dir(step.stream_id)}/{n}" for n in names]
@@ -228,7 +231,7 @@ def _apply_caps(layout: Layout, segments: list[Segment], policy: RetentionPolicy
             target[i] = lower
 
 
-def _fill_times(root: Path, stream_id: str, seg: Segment) -> None:
+def _fill_times(root: Path, seg: Segment) -> None:
     """A segment from before these fields: its media times and last capture time, from its timeline."""
     if seg.end_s is not None:
         return
@@ -259,7 +262,7 @@ def stream_segment_times(root: Path, entry: StreamEntry) -> list[Segment]:
     """The stream's segments with frames, their times filled in (for `vidx info`; not committed)."""
     segments = [seg.model_copy() for seg in entry.segments if seg.frames]
     for seg in segments:
-        _fill_times(root, entry.stream_id, seg)
+        _fill_times(root, seg)
     return segments
 
 

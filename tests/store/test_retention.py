@@ -354,3 +354,17 @@ def test_a_manifest_from_before_retention_reads_and_prunes(built, tmp_path):
     assert formats(root) == {"a": ["none", "int4", "float16", "float16"], "b": ["none", "int4", "float16", "float16"]}
     assert [seg.end_s for seg in read_manifest(root).streams["a"].segments] == SEGMENT_ENDS
     assert_features_as_policy(root, built)
+
+
+def test_prune_refuses_a_damaged_index_and_changes_nothing(built, tmp_path):
+    from indexer.store.integrity import IndexDamaged
+
+    root = copy_index(built, tmp_path)
+    victim = read_manifest(root).streams["a"].segments[1].features[0]
+    data = bytearray((root / victim).read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64
+    (root / victim).write_bytes(bytes(data))
+    manifest = (root / "manifest.json").read_bytes()
+    with pytest.raises(IndexDamaged, match=f"{victim}: damaged .*vidx repair"):
+        prune_index(root, RetentionSettings.model_validate(AGED))
+    assert (root / "manifest.json").read_bytes() == manifest and files_on_disk(root) == read_manifest(root).files()
