@@ -141,7 +141,8 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
     # load, a locked root) ends the ingest with its error, without Ray's "will be retried" notices
     layout = encoders[0].layout.options(max_task_retries=0).remote()  # the writer asks for it too (by name)
     writer = WriterActor.options(name=writer_name).remote(root, encoder_names[0], settings.index.commit_interval_s,
-                                                       settings.index.max_vector_shards, settings.search)
+                                                       settings.index.max_vector_shards, settings.search,
+                                                       settings.index.retention)
     fed = {s.stream_id: feeds_reader(captures.get(s.stream_id)) for s in parsed}
     readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
                .remote(s, config, encoder_names, writer_name, root, fed=fed[s.stream_id]) for s in parsed]

@@ -13,7 +13,7 @@ import threading
 import ray
 
 from indexer.batches import EncodedBatch, SourceInfo
-from indexer.settings import SearchSettings
+from indexer.settings import RetentionSettings, SearchSettings
 from indexer.store import AppendResult, IndexWriter, Layout, StreamEntry
 from indexer.store.manifest import Liveness
 from indexer.store.root import IndexRoot
@@ -25,11 +25,12 @@ MIN_TIMER_WAIT_S = 0.05   # the timer never spins, even when a commit takes long
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
 class WriterActor:
     def __init__(self, root: IndexRoot, encoder: str, commit_interval_s: float, max_vector_shards: int,
-                 search: SearchSettings):
+                 search: SearchSettings, retention: RetentionSettings | None = None):
         """`encoder`: the name of an encoder actor, whose model's layout the index gets (asked here,
-        not passed as an object reference: Ray warns that a restart may lose such arguments)."""
+        not passed as an object reference: Ray warns that a restart may lose such arguments).
+        `retention`: the index's policy, applied in the writer's commits (store/retention.py)."""
         layout: Layout = ray.get(ray.get_actor(encoder).layout.remote())
-        self.writer = IndexWriter(root, layout, commit_interval_s, max_vector_shards, search)
+        self.writer = IndexWriter(root, layout, commit_interval_s, max_vector_shards, search, retention)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         threading.Thread(target=self._commit_on_time, name="commit-timer", daemon=True).start()

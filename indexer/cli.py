@@ -49,6 +49,23 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from indexer.settings import load_settings
+    from indexer.store.retention import prune_index
+    from indexer.store.root import IndexRoot
+
+    root = IndexRoot.at(args.index)
+    if args.config:
+        retention = load_settings(args.config).index.retention
+    elif root.has_settings():
+        retention = load_settings(root.settings_file).index.retention  # the policy the index was ingested with
+    else:
+        raise FileNotFoundError(f"{root.settings_file} not found: pass the settings whose index.retention to apply "
+                                "(--config)")
+    print("\n".join(prune_index(root, retention, dry_run=args.dry_run).lines()))
+    return 0
+
+
 def _cmd_tiny(args: argparse.Namespace) -> int:
     from indexer.demo import write_tiny
     from indexer.llamavid.tiny import TinySpec
@@ -313,6 +330,18 @@ def build_parser(add_job_commands: Callable[[argparse._SubParsersAction], None] 
                                            "reports damage); the next ingest reads the dropped frames again")
     repair.add_argument("index", help="index root written by vidx ingest")
     repair.set_defaults(func=_cmd_repair)
+
+    prune = sub.add_parser("prune", help="apply the index's retention policy now: float16 features become int4, "
+                                         "old features and thumbnails go; prints what goes and the space freed",
+                           description="Applies index.retention (README: Retention) in one commit under the writer "
+                                       "lock; a running ingest applies it in its own commits, so prune is refused "
+                                       "meanwhile. A prune killed midway leaves the last commit whole; run it again.")
+    prune.add_argument("index", help="index root written by vidx ingest")
+    prune.add_argument("--dry-run", action="store_true", help="print what would go and the space it frees; "
+                                                              "change nothing")
+    prune.add_argument("--config", help="settings YAML whose index.retention to apply (default: the settings the "
+                                        "index was ingested with)")
+    prune.set_defaults(func=_cmd_prune)
 
     tiny = sub.add_parser("tiny", help="write a tiny random LLaMA-VID in the official layout, a tiny CLIP, settings "
                                        "naming them and a sample clip (for tests and trying things)")

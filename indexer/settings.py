@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 if TYPE_CHECKING:  # torch is imported where a dtype is needed: the ingest driver and `vidx ask` errors do without it
     import torch
@@ -82,12 +82,67 @@ class EncoderSettings(BaseModel):
     max_wait_s: float = Field(0.05, ge=0, description="how long a partial batch waits for more frames")
 
 
+class RetentionPolicy(BaseModel):
+    """How long a stream keeps what its features and thumbnails cost. Ages are those of a commit's
+    file (a few seconds of one stream), by its newest frame: for a live source the wall-clock time
+    since that frame was captured, for a file the media time from it to the stream's newest
+    committed frame. None is forever. Content tokens, retrieval embeddings and the timeline are
+    always kept (a few KB a frame)."""
+
+    model_config = SETTINGS_CONFIG
+
+    float16_s: float | None = Field(None, ge=0, description="float16 features up to this age, then int4")
+    int4_s: float | None = Field(None, ge=0, description="int4 features for this long after float16_s, then none "
+                                 "(an index written in int4: set float16_s 0)")
+    float16_max_bytes: int | None = Field(None, ge=0, description="beyond this many float16 bytes in a stream, "
+                                          "its oldest float16 files become int4")
+    int4_max_bytes: int | None = Field(None, ge=0, description="beyond this many int4 bytes in a stream, its "
+                                       "oldest int4 files are dropped")
+    thumbnails_s: float | None = Field(None, ge=0, description="JPEG thumbnails up to this age")
+    recordings_s: float | None = Field(None, ge=0, description="recordings of live sources up to this age (for "
+                                       "the recorder of live sources; nothing in this version records them yet)")
+
+
+class RetentionSettings(RetentionPolicy):
+    """The index's policy, and per-stream overrides by stream id or id prefix (the longest key that
+    is the id or begins it wins; its fields replace the index's, the others stay)."""
+
+    streams: dict[str, RetentionOverride] = Field(default_factory=dict)
+
+    @field_serializer("streams")
+    def _only_given(self, streams: dict[str, RetentionOverride]) -> dict[str, dict]:
+        """An override saved (ingest-config.yaml) as given: a field it left out must not become null."""
+        return {key: value.model_dump(exclude_unset=True) for key, value in streams.items()}
+
+    def for_stream(self, stream_id: str) -> RetentionPolicy:
+        base = RetentionPolicy.model_validate(self.model_dump(exclude={"streams"}))
+        keys = [key for key in self.streams if stream_id.startswith(key)]
+        if not keys:
+            return base
+        override = self.streams[max(keys, key=len)]
+        return base.model_copy(update=override.model_dump(exclude_unset=True))
+
+    def acts(self) -> bool:
+        """Whether some rule may convert or drop anything (else the writer plans nothing)."""
+        return any(p.float16_s is not None or p.float16_max_bytes is not None or p.int4_max_bytes is not None
+                   or p.thumbnails_s is not None for p in (self, *self.streams.values()))
+
+
+class RetentionOverride(RetentionPolicy):
+    """A stream's exceptions to the index's policy: only the fields given count (null: forever)."""
+
+
+RetentionSettings.model_rebuild()
+
+
 class IndexSettings(BaseModel):
     """What the index root stores and how often it commits."""
 
     model_config = SETTINGS_CONFIG
 
-    feature_format: Literal["float16", "int4", "none"] = "float16"
+    feature_format: Literal["float16", "int4", "none"] = Field("float16", description="the format new features are "
+                                                               "written in (retention may convert them later)")
+    retention: RetentionSettings = RetentionSettings()
     commit_interval_s: float = Field(5.0, gt=0)
     thumbnail_width: int = Field(160, ge=16)
     max_vector_shards: int = Field(32, ge=1, description="FAISS shards folded into one beyond this")
@@ -280,5 +335,6 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 __all__ = ["MAX_FPS", "EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings",
-           "ModelSettings", "MonitorSettings", "QuerySettings", "ReaderOptions", "SearchSettings", "Settings",
-           "WebhookSettings", "load_settings", "resolve_model_paths", "settings_error", "with_model_paths"]
+           "ModelSettings", "MonitorSettings", "QuerySettings", "ReaderOptions", "RetentionOverride", "RetentionPolicy",
+           "RetentionSettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings", "resolve_model_paths",
+           "settings_error", "with_model_paths"]

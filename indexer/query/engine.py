@@ -103,8 +103,12 @@ class QueryEngine:
         return frame_id, float(self.frames.pts_s[frame_id])
 
     def thumbnail(self, frame_id: int) -> bytes:
-        """The JPEG thumbnail stored with a frame."""
-        return self.index.frame_row(frame_id, ["thumbnail"])["thumbnail"]
+        """The JPEG thumbnail stored with a frame (KeyError: none, the retention policy dropped it)."""
+        thumbnail = self.index.frame_row(frame_id, ["thumbnail"])["thumbnail"]
+        if thumbnail is None:
+            raise KeyError(f"frame {frame_id} has no thumbnail any more: the index's retention policy dropped it "
+                           "(index.retention.thumbnails_s)")
+        return thumbnail
 
     # -- search -----------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: np.ndarray | None = None, k: int | None = None,

@@ -4,6 +4,7 @@ size, and "none". Every format writes plain .npy files that load memory-mapped."
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -23,6 +24,10 @@ class Float16Features:
 
     def decode(self, arrays: list[np.ndarray]) -> np.ndarray:
         return np.asarray(arrays[0], dtype=np.float16)
+
+    def arrays(self, n: int, t: int, c: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """The shapes and dtypes `encode` writes for n frames of [t, c]."""
+        return [((n, t, c), np.dtype(np.float16))]
 
 
 class Int4Features:
@@ -63,6 +68,9 @@ class Int4Features:
         x = scales[..., :1] + codes * scales[..., 1:]
         return x.reshape(n, t, half * 2).astype(np.float16)
 
+    def arrays(self, n: int, t: int, c: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        return [((n, t, c // 2), np.dtype(np.uint8)), ((n, t, c // self.group_for(c), 2), np.dtype(np.float16))]
+
 
 class NoFeatures:
     """Keep no patch features (queries recompute them from the source)."""
@@ -76,6 +84,9 @@ class NoFeatures:
     def decode(self, arrays: list[np.ndarray]) -> np.ndarray:
         raise ValueError("this index keeps no patch features (features.format: none)")
 
+    def arrays(self, n: int, t: int, c: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        return []
+
 
 FORMATS = {"float16": Float16Features, "int4": Int4Features, "none": NoFeatures}
 
@@ -84,6 +95,18 @@ def feature_format(name: str):
     if name not in FORMATS:
         raise ValueError(f"unknown feature format {name!r}; choose one of {sorted(FORMATS)}")
     return FORMATS[name]()
+
+
+def stored_bytes(fmt, frames: int, feature_shape: tuple[int, int]) -> int:
+    """Bytes on disk of `frames` frames' features in format `fmt`: the .npy files exactly as
+    `save_arrays` writes them (headers included), without writing them."""
+    total = 0
+    for shape, dtype in fmt.arrays(frames, *feature_shape):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": shape})
+        total += len(header.getvalue()) + math.prod(shape) * dtype.itemsize
+    return total
 
 
 def save_arrays(base: Path, fmt, features: np.ndarray) -> list[str]:
@@ -100,4 +123,5 @@ def load_arrays(paths: list[Path]) -> list[np.ndarray]:
     return [np.load(p, mmap_mode="r", allow_pickle=False) for p in paths]
 
 
-__all__ = ["FORMATS", "Float16Features", "Int4Features", "NoFeatures", "feature_format", "load_arrays", "save_arrays"]
+__all__ = ["FORMATS", "Float16Features", "Int4Features", "NoFeatures", "feature_format", "load_arrays", "save_arrays",
+           "stored_bytes"]

@@ -49,8 +49,8 @@ class IndexReader:
         return read_timelines(self.root, [self._open(f) for f in files], self.schema, columns)
 
     def features(self, frame_ids) -> np.ndarray:
-        """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files."""
-        fmt = feature_format(self.layout.feature_format)
+        """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files,
+        each segment in its own format (retention converts old segments to int4)."""
         ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
         out = np.empty((len(ids), *self.layout.feature_shape), dtype=np.float16)
         segment_index = np.searchsorted(self._starts, ids, side="right") - 1
@@ -59,8 +59,10 @@ class IndexReader:
             segment = self._segment_of(int(ids[at].max()))
             self._segment_of(int(ids[at].min()))  # both ends checked: every id in between is in the segment
             if not segment.features:
-                raise ValueError(f"{self.root} keeps no patch features (feature format "
-                                 f"{self.layout.feature_format!r})")
+                raise ValueError(f"{self.root} keeps no patch features of frames {segment.first_frame_id}.."
+                                 f"{segment.first_frame_id + segment.frames - 1} (feature format "
+                                 f"{self.layout.feature_format!r}, or dropped by its retention policy)")
+            fmt = feature_format(segment.format_name(self.layout))
             rows = ids[at] - segment.first_frame_id
             try:
                 arrays = load_arrays([self.root / self._open(f, full=True) for f in segment.features])

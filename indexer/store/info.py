@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import groupby
+from pathlib import Path
+
 from indexer.redaction import redact_text, redact_uri
 from indexer.store.index import IndexReader
 from indexer.store.integrity import IndexDamaged
+from indexer.store.manifest import StreamEntry
+from indexer.store.retention import human_bytes, stream_segment_times, thumbnail_bytes
 from indexer.store.root import IndexRoot
 
 
@@ -40,19 +45,62 @@ def describe_index(root: IndexRoot) -> list[str]:
                 lines.append(f"    gap {gap['pts_s']:.1f}-{end} s: {gap['reason']}")
     sizes = index.sizes()
     total = sum(sizes.values())
-    lines.append("sizes: " + ", ".join(f"{k} {_human(v)}" for k, v in sizes.items()) + f"; total {_human(total)}")
+    lines.append("sizes: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in sizes.items())
+                 + f"; total {human_bytes(total)}")
     hours = sum(s.frames / s.fps for s in m.streams.values()) / 3600
     if hours > 0:
-        lines.append("per hour of video: " + ", ".join(f"{k} {_human(v / hours)}" for k, v in sizes.items()))
+        lines.append("per hour of video: " + ", ".join(f"{k} {human_bytes(v / hours)}" for k, v in sizes.items()))
+    try:
+        lines += tier_lines(index)
+    except (IndexDamaged, OSError):  # the caller lists the damaged files
+        pass
     return lines
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+def tier_lines(index: IndexReader) -> list[str]:
+    """Bytes per storage tier, in all and per stream, and which spans of each stream can still give
+    context tokens: from stored float16 or int4 features, or (none stored) only by recomputing them
+    from the source, which is there or not."""
+    m, layout = index.manifest, index.layout
+    per_stream, spans = {}, []
+    for sid, entry in sorted(m.streams.items()):
+        tiers = dict.fromkeys(TIERS, 0)
+        segments = stream_segment_times(index.root, entry)
+        for seg in (seg for seg in entry.segments if not seg.frames):  # gap-only segments: timeline rows
+            tiers["timeline"] += seg.bytes.get("timeline", 0)
+        for seg in segments:
+            thumbs = thumbnail_bytes(index.root / seg.timeline)
+            tiers["thumbnails"] += thumbs
+            tiers["timeline"] += seg.bytes.get("timeline", 0) - thumbs
+            if seg.features:
+                tiers[seg.format_name(layout)] += seg.bytes.get("features", 0)
+        per_stream[sid] = tiers
+        runs = [(fmt, list(run)) for fmt, run in groupby(segments, key=lambda seg: seg.format_name(layout))]
+        if runs:
+            spans.append(f"  {sid}: " + "; ".join(f"{run[0].start_s:.1f}-{run[-1].end_s:.1f} s {_source(entry, fmt)}"
+                                                  for fmt, run in runs))
+    vectors = sum(s.bytes for s in m.vectors) + (m.approximate.total_bytes() if m.approximate else 0)
+    total = {tier: sum(t[tier] for t in per_stream.values()) for tier in TIERS}
+    lines = ["tiers: " + ", ".join(f"{TIERS[t]} {human_bytes(v)}" for t, v in total.items())
+             + f", vectors {human_bytes(vectors)}"]
+    lines += [f"  {sid}: " + ", ".join(f"{TIERS[t]} {human_bytes(v)}" for t, v in tiers.items())
+              for sid, tiers in per_stream.items()]
+    return lines + (["context tokens from:"] + spans if spans else [])
 
 
-__all__ = ["describe_index", "is_index_root"]
+TIERS = {"float16": "float16 features", "int4": "int4 features", "thumbnails": "thumbnails",
+         "timeline": "timeline (content tokens, embeddings)"}
+
+
+def _source(entry: StreamEntry, fmt: str) -> str:
+    """Where a span's context tokens can come from."""
+    if fmt != "none":
+        return f"{fmt} features"
+    if entry.protocol != "file":
+        return "no features stored, no recording of the live source: content tokens only"
+    if Path(entry.uri).is_file():
+        return f"no features stored: recomputable from the source {entry.uri}"
+    return f"no features stored and the source {entry.uri} is missing: content tokens only"
+
+
+__all__ = ["describe_index", "is_index_root", "tier_lines"]

@@ -49,6 +49,17 @@ class Segment(BaseModel):
     timeline: str                          # path relative to the root
     features: list[str] = Field(default_factory=list)
     bytes: dict[str, int] = Field(default_factory=dict)
+    feature_format: str | None = None      # what `features` hold (retention converts); None: the layout's
+    start_s: float | None = None           # media time of its first and last frame (None: an older
+    end_s: float | None = None             # manifest's segment; store/retention.py reads them once)
+    wall_end: float | None = None          # unix time its last frame was captured (live sources)
+    thumbnails: bool = True                # False: retention rewrote its timeline without thumbnails
+
+    def format_name(self, layout: Layout) -> str:
+        """The format of this segment's stored features: float16, int4 or none."""
+        if self.frames and not self.features:
+            return "none"
+        return self.feature_format or layout.feature_format
 
 
 class Liveness(BaseModel):
@@ -214,6 +225,7 @@ def write_manifest(root: IndexRoot, manifest: Manifest) -> None:
         link.unlink(missing_ok=True)
         os.link(root.manifest, link)
         os.replace(link, root.previous_manifest)
+        link.unlink(missing_ok=True)  # still there when both names were one file (a crash came between these steps)
     write_atomic_json(root.manifest, {**value, "checksum": _manifest_checksum(value)})
 
 

@@ -129,9 +129,10 @@ class IndexRoot:
     DATA_DIRS = ("timeline", "features", "vectors")   # what the manifest lists lies only in these
 
     @staticmethod
-    def timeline_file(stream_id: str, generation: int) -> str:
-        """A commit's Parquet rows of one stream, relative to the root (as the manifest lists it)."""
-        return f"timeline/stream={stream_id}/part-{generation:08d}.parquet"
+    def timeline_file(stream_id: str, generation: int, thumbnails: bool = True) -> str:
+        """A commit's Parquet rows of one stream, relative to the root (as the manifest lists it);
+        `thumbnails=False`: the same rows rewritten without thumbnails by retention (store/retention.py)."""
+        return f"timeline/stream={stream_id}/part-{generation:08d}{'' if thumbnails else '.nothumbs'}.parquet"
 
     @staticmethod
     def features_dir(stream_id: str) -> str:
@@ -261,7 +262,8 @@ class IndexRoot:
     def remove_uncommitted_index(self, committed: set[str]) -> list[Path]:
         """The writer's clean-up on open: data files the manifest does not list, and its temporary."""
         return self.remove_uncommitted(self.path, self.DATA_DIRS, committed,
-                                       [self.manifest.with_name(self.manifest.name + TMP_SUFFIX)])
+                                       [path.with_name(path.name + TMP_SUFFIX)
+                                        for path in (self.manifest, self.previous_manifest)])
 
     def remove_uncommitted_alerts(self, committed: set[str]) -> list[Path]:
         """The monitor's clean-up on open: alert files its state does not list."""

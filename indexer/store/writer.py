@@ -25,12 +25,13 @@ import numpy as np
 
 from indexer.batches import EncodedBatch, Gap, SourceInfo
 from indexer.redaction import redact_uri
-from indexer.settings import SearchSettings
+from indexer.settings import RetentionSettings, SearchSettings
 from indexer.store import ann
 from indexer.store import vectors as vec
 from indexer.store.credentials import save_source_uri
 from indexer.store.features import feature_format, save_arrays
 from indexer.store.integrity import checksum_file
+from indexer.store.retention import apply_retention, plan_retention
 from indexer.store.manifest import (
     ApproximateIndex,
     Layout,
@@ -56,7 +57,8 @@ class AppendResult:
 
 class IndexWriter:
     def __init__(self, root: IndexRoot, layout: Layout, commit_interval_s: float = 5.0,
-                 max_vector_shards: int = 32, search: SearchSettings | None = None):
+                 max_vector_shards: int = 32, search: SearchSettings | None = None,
+                 retention: RetentionSettings | None = None):
         self.root = root
         root.create()
         self._lock = root.lock_writer()
@@ -79,6 +81,7 @@ class IndexWriter:
         self.commit_interval_s = commit_interval_s
         self.max_vector_shards = max_vector_shards
         self.search = search or SearchSettings()
+        self.retention = retention or RetentionSettings()
         self._frames: dict[str, list[EncodedBatch]] = {}
         self._gaps: dict[str, list[Gap]] = {}
         self._expected = {sid: entry.next_index for sid, entry in manifest.streams.items()}
@@ -204,6 +207,8 @@ class IndexWriter:
                 manifest.vectors = [self._merge_shards(generation, manifest.vectors)]
         if self._needs_approximate(manifest):
             obsolete += self._index_tail(generation, manifest)
+        if self.retention.acts():  # the policy's new files in this commit, the old ones deleted after it
+            obsolete += apply_retention(self.root, manifest, plan_retention(self.root, manifest, self.retention))
         manifest.generation = generation
         manifest.checksums = {name: manifest.checksums.get(name) or checksum_file(self.root / name)
                               for name in sorted(manifest.files())}
@@ -247,8 +252,13 @@ class IndexWriter:
             base = self.root / f"{folder}/{IndexRoot.features_stem(generation)}"
             features = [f"{folder}/{f}" for f in save_arrays(base, self.format, frames.features)]
             sizes["features"] = sum((self.root / f).stat().st_size for f in features)
+        times = {}
+        if n:
+            walls = frames.wall_time[~np.isnan(frames.wall_time)]
+            times = {"start_s": float(frames.pts_s.min()), "end_s": float(frames.pts_s.max()),
+                     "wall_end": float(walls.max()) if len(walls) else None}
         return Segment(generation=generation, first_frame_id=first_id, frames=n, gaps=len(gaps), timeline=timeline,
-                       features=features, bytes=sizes)
+                       features=features, bytes=sizes, feature_format=self.format.name, **times)
 
     def _merge_shards(self, generation: int, shards: list[VectorShard]) -> VectorShard:
         index = vec.read_shards([self.root / s.file for s in shards], self.layout.embedding_dim)
