@@ -71,7 +71,8 @@ class PatchFeatures:
     def get(self, frame_ids, recomputed: dict[int, np.ndarray] | None = None,
             timings: dict[str, float] | None = None) -> FeatureRows:
         """Features of `frame_ids` (in that order). `recomputed`: frame id -> features this question
-        already recomputed (read and added to); `timings["recompute"]` adds the seconds spent."""
+        already recomputed (read and added to); `timings["recompute"]` adds the seconds spent, of
+        which `timings["recompute_decode"]` decoding the pictures."""
         ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
         recomputed = {} if recomputed is None else recomputed
         out = np.zeros((len(ids), *self.index.layout.feature_shape), dtype=np.float16)
@@ -87,7 +88,7 @@ class PatchFeatures:
         done = 0
         for stream_id, stream_ids in by_stream.items():
             try:
-                features = self._recompute(stream_id, stream_ids)
+                features = self._recompute(stream_id, stream_ids, timings)
             except PicturesUnavailable as exc:
                 missing.update({i: f"no patch features kept, and {exc}" for i in stream_ids})
                 continue
@@ -102,12 +103,15 @@ class PatchFeatures:
                 available[row] = True
         return FeatureRows(out, available, missing, done)
 
-    def _recompute(self, stream_id: str, frame_ids: list[int]) -> np.ndarray:
+    def _recompute(self, stream_id: str, frame_ids: list[int], timings: dict[str, float] | None) -> np.ndarray:
         """float16 [k, 1+N, C]: the pictures at these frames' times, through the vision tower."""
         source = self._source(stream_id)
         if isinstance(source, str):
             raise PicturesUnavailable(source)
+        started = time.perf_counter()
         images = source.frames_at([float(self.catalog.pts_s[i]) for i in frame_ids])
+        if timings is not None:
+            timings["recompute_decode"] = timings.get("recompute_decode", 0.0) + time.perf_counter() - started
         chunks = []
         for start in range(0, len(images), self.batch_frames):
             batch = images[start:start + self.batch_frames]

@@ -147,3 +147,38 @@ def test_stored_content_tokens_are_the_ones_the_features_give(recomputing, store
     want = stored.model.content_tokens(features).float()  # from the float16 features; ingest used float32 ones
     torch.testing.assert_close(torch.from_numpy(stored.index.content_tokens(ids)).float(), want,
                                rtol=5e-3, atol=5e-3)
+
+
+@pytest.mark.timeout(240)
+def test_the_page_shows_which_spans_went_without_context_and_why(recomputing, b_moved):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.server.test_page import WAIT_S, chrome, serving
+
+    engine = QueryEngine(recomputing.root, recomputing.model, recomputing.embedder, recomputing.llm,
+                         recomputing.settings)
+    driver = chrome()
+    try:
+        with serving(create_app(engine), driver) as url:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, WAIT_S)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stream-choices input"))
+            driver.find_element(By.ID, "choose-b").click()
+            driver.find_element(By.ID, "from-s").send_keys("2")
+            driver.find_element(By.ID, "to-s").send_keys("5")
+            driver.find_element(By.ID, "question").send_keys(QUESTION)
+            driver.find_element(By.ID, "ask-button").click()
+            wait.until(lambda d: d.find_element(By.ID, "answer-text").text.strip())
+            shown = driver.find_element(By.ID, "answer-degraded")
+            assert shown.is_displayed()
+            assert shown.text.startswith("b 0:02–0:05 (4 frames): content tokens only: no patch features kept, "
+                                         f"and {b_moved}: the source file is gone (moved or deleted)")
+            driver.find_element(By.ID, "choose-b").click()  # now stream a, whose file is there: recomputed
+            driver.find_element(By.ID, "choose-a").click()
+            driver.find_element(By.ID, "question").send_keys(QUESTION)
+            driver.find_element(By.ID, "ask-button").click()
+            wait.until(lambda d: "recomputed from the source" in d.find_element(By.ID, "answer-meta").text)
+            assert not driver.find_element(By.ID, "answer-degraded").is_displayed()
+    finally:
+        driver.quit()
