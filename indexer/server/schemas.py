@@ -296,7 +296,9 @@ class AlertsResponse(BaseModel):
 
 __all__ = ["MAX_ANSWER_CHARS", "MAX_CONDITION_CHARS", "MAX_HISTORY_TURNS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
            "MAX_JSON_BODY_BYTES", "MAX_QUESTION_CHARS", "MAX_SEARCH_BODY_BYTES", "MAX_SECRET_CHARS", "MAX_STREAM_IDS",
-           "MAX_STREAM_ID_CHARS", "MAX_TEXT_CHARS", "MAX_URL_CHARS", "MAX_WEBHOOKS", "NOT_BLANK", "VIDEO_TYPES", "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "DegradedSpanModel", "ErrorModel",
+           "MAX_STREAM_ID_CHARS", "MAX_TEXT_CHARS", "MAX_URL_CHARS", "MAX_WEBHOOKS", "NOT_BLANK", "VIDEO_TYPES",
+           "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel",
+           "DegradedSpanModel", "ErrorModel",
            "Filters", "HitModel", "QueryKind", "SearchFields", "SearchRequest", "SearchResponse", "StreamModel",
            "StreamsResponse", "TurnModel", "WatchListResponse", "WatchModel", "WatchPatch", "WatchRequest",
            "WebhookModel", "WebhookRequest", "WebhookSecretModel", "finite"]
