@@ -12,8 +12,8 @@ from indexer.media.source import ReaderOptions, parse_source
 from tests.mediagen import make_vfr_video, make_video, read_frame_number
 
 
-def sampled(path, fps: float) -> list[SampledFrame]:
-    reader = SourceReader(parse_source(str(path)), ReaderOptions(fps=fps, keyframes_only="never"))
+def sampled(path, fps: float, keyframes_only: str = "never") -> list[SampledFrame]:
+    reader = SourceReader(parse_source(str(path)), ReaderOptions(fps=fps, keyframes_only=keyframes_only))
     try:
         return [s for s in reader.samples() if isinstance(s, SampledFrame)]
     finally:
@@ -31,6 +31,15 @@ def test_frames_at_sample_times_are_the_sampled_pictures(tmp_path, name, gop):
         assert image.dtype == np.uint8 and image.shape == samples[i].image.shape
         assert np.array_equal(image, samples[i].image), f"sample {i} at {samples[i].pts_s} s"
         assert read_frame_number(image) == round(samples[i].pts_s * 25)
+
+
+def test_a_reader_that_decoded_keyframes_only_sampled_the_same_pictures(tmp_path):
+    path = make_video(tmp_path / "gop5.mp4", duration_s=4.0, fps=25, size=(160, 120), gop=5)
+    samples = sampled(path, 5.0, keyframes_only="always")  # keyframes every 0.2 s: the reader skips the rest
+    images = FilePictures(path, short_side=224).frames_at([s.pts_s for s in samples])
+    assert len(samples) == 20
+    for sample, image in zip(samples, images):
+        assert np.array_equal(image, sample.image)
 
 
 def test_variable_frame_rate_holds_pick_the_held_frame(tmp_path):

@@ -182,3 +182,13 @@ def test_the_page_shows_which_spans_went_without_context_and_why(recomputing, b_
             assert not driver.find_element(By.ID, "answer-degraded").is_displayed()
     finally:
         driver.quit()
+
+
+def test_a_live_source_without_a_recording_gives_a_reason_not_pictures(tmp_path):
+    from indexer.media.source import ReaderOptions
+    from indexer.query.patch_features import pictures_for
+    from indexer.store.manifest import StreamEntry
+
+    live = StreamEntry(stream_id="cam", uri="rtsp://127.0.0.1:8554/cam", protocol="rtsp", live=True, fps=1.0)
+    reason = pictures_for(tmp_path, live, ReaderOptions())
+    assert reason == "stream cam is a live rtsp source and the index keeps no recording of it to decode again"
