@@ -48,6 +48,7 @@ def main() -> None:
 
     from actors.ingest import run_ingest
     from indexer.query.engine import QueryEngine, torch_threads
+    from indexer.query.patch_features import Recomputed
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -80,7 +81,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     timings: dict[str, float] = {}
                     start = time.perf_counter()
-                    _, missing = engine._frame_tokens(ids, QUESTION, p, timings, {}, {})
+                    _, missing = engine._frame_tokens(ids, QUESTION, p, timings, {}, Recomputed())
                     seconds = time.perf_counter() - start
                     assert not missing, missing
                     if seconds < best:

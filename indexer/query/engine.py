@@ -38,7 +38,7 @@ from indexer.query.prompt import (
     time_label,
     video_text,
 )
-from indexer.query.patch_features import PatchFeatures, degraded_spans
+from indexer.query.patch_features import PatchFeatures, Recomputed, degraded_spans
 from indexer.query.rerank import combine_scores, context_relevance
 from indexer.query.search import FrameSearch, Hit, SearchFilter
 from indexer.query.spans import Span, merge_hits
@@ -142,7 +142,7 @@ class QueryEngine:
         q = self.settings.query
         timings: dict[str, float] = {}
         text_queries: dict[int, torch.Tensor] = {}  # the Q-Former's per frame: rerank and context tokens share them
-        recomputed: dict[int, np.ndarray] = {}  # patch features decoded again: rerank and context tokens share them
+        recomputed = Recomputed()  # patch features decoded again: rerank and context tokens share them
         with _timed(timings, "embed"):
             query = self.embedder.embed_texts([question])[0]
         with _timed(timings, "search"):
@@ -165,8 +165,8 @@ class QueryEngine:
                 ids = self.model.tokenizer.encode_with_images(conversation_prompt(
                     video_text(prompt_spans, 1 + plan.content_tokens, plan.label_every, q.subtitles), question,
                     history, q.conv_mode))
-                keep = torch.ones(tokens.shape[:2], dtype=torch.bool)  # (T, 1 + P): frame by frame, in order
-                keep[:, 0] = torch.tensor([f.context for s in prompt_spans for f in s.frames])
+                keep = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (T, 1 + P), in order
+                keep[:, 0] = torch.tensor([f.context for s in prompt_spans for f in s.frames], device=tokens.device)
                 tokens = tokens[keep]  # (placeholders, D)
             embeds = self.model.inputs_embeds(ids, tokens)  # (L, D)
         generation = self.llm.generate(embeds, q.max_new_tokens, stop=[get_template(q.conv_mode).stop_str])
@@ -177,7 +177,7 @@ class QueryEngine:
         answer_history = history + [Turn(question, generation.text)]
         return Answer(question, generation.text, citations, plan.mode, plan.frames, 1 + plan.content_tokens,
                       int(ids.shape[0]), timings, answer_history, degraded_spans(missing, self.frames),
-                      len(recomputed))
+                      recomputed.frames)
 
     # -- steps ------------------------------------------------------------------------------------
     def _check_k(self, k: int | None) -> int:
@@ -187,7 +187,7 @@ class QueryEngine:
         return k
 
     def _rerank(self, hits: list[Hit], question: str, text_queries: dict[int, torch.Tensor],
-                recomputed: dict[int, np.ndarray], timings: dict[str, float]) -> list[Hit]:
+                recomputed: Recomputed, timings: dict[str, float]) -> list[Hit]:
         rows = self.patch_features.get([h.frame_id for h in hits], recomputed, timings)
         if not rows.available.any():
             return hits  # no features for any hit: the retrieval order stands
@@ -279,12 +279,13 @@ class QueryEngine:
 
     def _frame_tokens(self, frame_ids: list[int], question: str, content_tokens: int, timings: dict[str, float],
                       text_queries: dict[int, torch.Tensor] | None = None,
-                      recomputed: dict[int, np.ndarray] | None = None) -> tuple[torch.Tensor, dict[int, str]]:
+                      recomputed: Recomputed | None = None) -> tuple[torch.Tensor, dict[int, str]]:
         """([T, 1 + P, D] over the chosen frames, {frame id: why it has no features}), a chunk of
         features in memory at a time. A frame without features gets its stored content tokens and
         zeros for a context token it does not have (the prompt leaves that slot out).
         `text_queries`, `recomputed`: this question's per frame, reused and added to."""
         text_queries = {} if text_queries is None else text_queries
+        recomputed = Recomputed() if recomputed is None else recomputed
         out, missing = [], {}
         timings.setdefault("features", 0.0)
         timings.setdefault("context_tokens", 0.0)
@@ -292,8 +293,10 @@ class QueryEngine:
             chunk = frame_ids[start:start + FEATURE_CHUNK]
             with _timed(timings, "features"):
                 rows = self.patch_features.get(chunk, recomputed, timings)
+                for frame_id in chunk:  # used once here: a whole film's recomputed features never pile up
+                    recomputed.features.pop(frame_id, None)
                 missing.update(rows.missing)
-                ok = torch.from_numpy(rows.available)
+                ok = torch.from_numpy(rows.available).to(self.model.device)
                 features = torch.from_numpy(rows.features[rows.available])[:, 1:]  # (t, N, C): long-video path, no CLS
             with _timed(timings, "context_tokens"):
                 tokens = torch.zeros(len(chunk), 1 + content_tokens, self.model.config.hidden_size,

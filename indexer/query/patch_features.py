@@ -13,14 +13,15 @@ the index: the engine checks its fingerprint) encodes them again. Only the frame
 decoded: the retrieved hits and the spans sent to the LLM.
 
 Recomputed features are not written back: the writer owns the index's files. A question keeps
-them in memory (`recomputed`) so its rerank and its context tokens decode each frame once.
+them in memory (`Recomputed`) so its rerank and its context tokens decode each frame once, and
+drops each chunk once its tokens are made.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,14 @@ from indexer.query.search import FrameCatalog
 from indexer.store.credentials import source_uri
 from indexer.store.index import IndexReader
 from indexer.store.manifest import StreamEntry
+
+
+@dataclass
+class Recomputed:
+    """One question's recomputed features, shared by its rerank and its context tokens."""
+
+    features: dict[int, np.ndarray] = field(default_factory=dict)  # frame id -> [1+N, C], until used
+    frames: int = 0                                                # frames recomputed for the question
 
 
 @dataclass
@@ -68,19 +77,19 @@ class PatchFeatures:
         self._pictures = pictures
         self._sources: dict[str, PictureSource | str] = {}
 
-    def get(self, frame_ids, recomputed: dict[int, np.ndarray] | None = None,
+    def get(self, frame_ids, recomputed: Recomputed | None = None,
             timings: dict[str, float] | None = None) -> FeatureRows:
-        """Features of `frame_ids` (in that order). `recomputed`: frame id -> features this question
-        already recomputed (read and added to); `timings["recompute"]` adds the seconds spent, of
-        which `timings["recompute_decode"]` decoding the pictures."""
+        """Features of `frame_ids` (in that order). `recomputed`: what this question already
+        recomputed (read and added to; its user drops what it no longer needs); `timings["recompute"]`
+        adds the seconds spent, of which `timings["recompute_decode"]` decoding the pictures."""
         ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
-        recomputed = {} if recomputed is None else recomputed
+        recomputed = Recomputed() if recomputed is None else recomputed
         out = np.zeros((len(ids), *self.index.layout.feature_shape), dtype=np.float16)
         kept = self.index.features_kept(ids)
         if kept.any():
             out[kept] = self.index.features(ids[kept])
         missing: dict[int, str] = {}
-        todo = [int(i) for i in ids[~kept] if int(i) not in recomputed]
+        todo = [int(i) for i in ids[~kept] if int(i) not in recomputed.features]
         started = time.perf_counter()
         by_stream: dict[str, list[int]] = {}
         for frame_id in dict.fromkeys(todo):
@@ -92,14 +101,15 @@ class PatchFeatures:
             except PicturesUnavailable as exc:
                 missing.update({i: f"no patch features kept, and {exc}" for i in stream_ids})
                 continue
-            recomputed.update(zip(stream_ids, features))
+            recomputed.features.update(zip(stream_ids, features))
             done += len(stream_ids)
+        recomputed.frames += done
         if timings is not None and todo:
             timings["recompute"] = timings.get("recompute", 0.0) + time.perf_counter() - started
         available = kept.copy()
         for row in np.flatnonzero(~kept):
-            if int(ids[row]) in recomputed:
-                out[row] = recomputed[int(ids[row])]
+            if int(ids[row]) in recomputed.features:
+                out[row] = recomputed.features[int(ids[row])]
                 available[row] = True
         return FeatureRows(out, available, missing, done)
 
@@ -138,4 +148,4 @@ def degraded_spans(missing: dict[int, str], catalog: FrameCatalog) -> list[Degra
     return runs
 
 
-__all__ = ["FeatureRows", "PatchFeatures", "degraded_spans", "pictures_for"]
+__all__ = ["FeatureRows", "PatchFeatures", "Recomputed", "degraded_spans", "pictures_for"]
