@@ -148,6 +148,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     for c in answer.citations:
         print(f"  [{c.stream_id} {clock(c.start_s)}-{clock(c.end_s)}] frames {c.frame_ids[0]}..{c.frame_ids[-1]} "
               f"(best {c.best_frame_id}, score {c.score:.3f})")
+    if answer.recomputed_frames:
+        print(f"  patch features of {answer.recomputed_frames} frames recomputed from the source")
+    for d in answer.degraded:
+        print(f"  content tokens only: [{d.stream_id} {clock(d.start_s)}-{clock(d.end_s)}] {d.frames} frames: "
+              f"{d.reason}")
     print("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in answer.timings.items()))
     return 0
 

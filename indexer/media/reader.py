@@ -335,7 +335,7 @@ class SourceReader:
         source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
         PID) is followed. Ends early when `stop` is set."""
-        start = 0.0 if self.info.live else _start_s(container)
+        start = 0.0 if self.info.live else media_start_s(container)
         videos = [s for s in container.streams.video
                   if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic]
         video = container.streams.video[0]
@@ -472,9 +472,7 @@ class SourceReader:
             self._seen[key] = _fingerprint(frame)
             while len(self._seen) > 1 and next(iter(self._seen)) < key - REPLAY_WINDOW_S * 1000:
                 self._seen.pop(next(iter(self._seen)))
-        width, height = scaled_size(frame.width, frame.height, self.options.short_side)
-        image = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
-        return SampledFrame(sample.index, sample.time_s, wall, image)
+        return SampledFrame(sample.index, sample.time_s, wall, frame_image(frame, self.options.short_side))
 
     def _release(self, pending: deque, subtitles: SubtitleTrack, before_s: float | None):
         """Yield sampled frames whose subtitle window [t, t + 1/fps) has been fully demuxed."""
@@ -488,7 +486,7 @@ class SourceReader:
 
     def _seek(self, time_s: float) -> None:
         container = self._container
-        target = int((time_s + _start_s(container)) * 1_000_000)
+        target = int((time_s + media_start_s(container)) * 1_000_000)
         try:
             container.seek(max(0, target - 1_000_000), backward=True)  # a second early: keyframe <= target
         except MEDIA_ERRORS as exc:
@@ -508,14 +506,23 @@ class SourceReader:
             self._ring.close()
 
 
+def frame_image(frame: av.VideoFrame, short_side: int) -> np.ndarray:
+    """The picture a sampled frame gives the encoders: uint8 RGB [H, W, 3], shorter side `short_side`
+    (one swscale call). Recomputation (indexer/media/pictures.py) uses it too, so a frame decoded
+    again gives the same pixels."""
+    width, height = scaled_size(frame.width, frame.height, short_side)
+    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
+
+
+def media_start_s(container) -> float:
+    """A file's media time 0 in its own clock: the container's start time (seconds)."""
+    return container.start_time / 1_000_000 if container.start_time is not None else 0.0
+
+
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the shorter side = short_side, aspect kept, even sizes."""
     scale = short_side / min(width, height)
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
-
-
-def _start_s(container) -> float:
-    return container.start_time / 1_000_000 if container.start_time is not None else 0.0
 
 
 def _duration_s(container, stream) -> float | None:
@@ -530,7 +537,7 @@ def _video_end_s(container, stream) -> float | None:
     """The end of the video as the file declares it, in seconds from the container's start: the
     track's own length where the format keeps one (MP4; Matroska's DURATION tag), else the
     file's. An audio track that runs on does not make the video look cut short."""
-    start = _start_s(container)
+    start = media_start_s(container)
     if stream.duration and stream.time_base:
         begin = float(stream.start_time * stream.time_base) if stream.start_time is not None else start
         return begin + float(stream.duration * stream.time_base) - start
@@ -563,4 +570,5 @@ def describe_media_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "scaled_size"]
+__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "frame_image",
+           "media_start_s", "scaled_size"]

@@ -18,6 +18,18 @@ class Citation:
     score: float
 
 
+@dataclass(frozen=True)
+class DegradedSpan:
+    """Frames sent to the LLM with their content tokens only: the index keeps no patch features for
+    them and they could not be recomputed (no source file, no recording), so they have no context token."""
+
+    stream_id: str
+    start_s: float
+    end_s: float
+    frames: int
+    reason: str
+
+
 @dataclass
 class Answer:
     question: str
@@ -29,9 +41,11 @@ class Answer:
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)   # seconds per stage
     history: list[Turn] = field(default_factory=list)          # this conversation, this turn included
+    degraded: list[DegradedSpan] = field(default_factory=list)  # frames without a context token, and why
+    recomputed_frames: int = 0   # frames whose patch features were decoded and encoded again for this answer
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-__all__ = ["Answer", "Citation", "Turn"]
+__all__ = ["Answer", "Citation", "DegradedSpan", "Turn"]

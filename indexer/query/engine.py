@@ -6,12 +6,17 @@
 
 The order of the work: embed the question -> FAISS top-k within the filters -> rerank by
 context attention -> spans -> token budget -> context and content tokens over the chosen
-frames -> prompt with timestamps -> LLM."""
+frames -> prompt with timestamps -> LLM.
+
+Patch features come from indexer.query.patch_features: stored, or recomputed from the source
+for the frames asked for; a frame with neither goes to the LLM with its stored content tokens
+only (no context token), and the answer says which spans and why (`Answer.degraded`)."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ from indexer.query.prompt import (
     time_label,
     video_text,
 )
+from indexer.query.patch_features import PatchFeatures, Recomputed, degraded_spans
 from indexer.query.rerank import combine_scores, context_relevance
 from indexer.query.search import FrameSearch, Hit, SearchFilter
 from indexer.query.spans import Span, merge_hits
@@ -84,6 +90,8 @@ class QueryEngine:
         self.index = index
         self.search_index = FrameSearch(index, self.settings.search)
         self.frames = self.search_index.catalog
+        self.patch_features = PatchFeatures(index, self.frames, self.model, self.settings.reader,
+                                            self.settings.encoder.max_batch_frames)
         self._subtitle_tokens: dict[int, int] = {}  # frame id -> its subtitle's LLM tokens, counted once
         return True
 
@@ -138,13 +146,14 @@ class QueryEngine:
         q = self.settings.query
         timings: dict[str, float] = {}
         text_queries: dict[int, torch.Tensor] = {}  # the Q-Former's per frame: rerank and context tokens share them
+        recomputed = Recomputed()  # patch features decoded again: rerank and context tokens share them
         with _timed(timings, "embed"):
             query = self.embedder.embed_texts([question])[0]
         with _timed(timings, "search"):
             hits = self.search_index.search(query, self._check_k(k), where)
         if q.rerank and len(hits) > 1:
             with _timed(timings, "rerank"):
-                hits = self._rerank(hits, question, text_queries)
+                hits = self._rerank(hits, question, text_queries, recomputed, timings)
         spans = merge_hits(hits, q.span_gap_s, q.span_pad_s, q.max_spans)
         span_ids = [self._span_frames(span, where) for span in spans]
         spans, span_ids = [s for s, ids in zip(spans, span_ids) if len(ids)], [ids for ids in span_ids if len(ids)]
@@ -152,9 +161,17 @@ class QueryEngine:
 
         with _timed(timings, "plan"):
             plan, prompt_spans, ids = self._plan(question, history, scope, spans, span_ids)
-        tokens = self._frame_tokens([f.frame_id for s in prompt_spans for f in s.frames], question,
-                                    plan.content_tokens, timings, text_queries)
+        tokens, missing = self._frame_tokens([f.frame_id for s in prompt_spans for f in s.frames], question,
+                                             plan.content_tokens, timings, text_queries, recomputed)
         with _timed(timings, "prompt"):
+            if missing:  # those frames go without their context token: fewer placeholders, fewer tokens
+                prompt_spans = [_without_context(s, missing) for s in prompt_spans]
+                ids = self.model.tokenizer.encode_with_images(conversation_prompt(
+                    video_text(prompt_spans, 1 + plan.content_tokens, plan.label_every, q.subtitles), question,
+                    history, q.conv_mode))
+                keep = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (T, 1 + P), in order
+                keep[:, 0] = torch.tensor([f.context for s in prompt_spans for f in s.frames], device=tokens.device)
+                tokens = tokens[keep]  # (placeholders, D)
             embeds = self.model.inputs_embeds(ids, tokens)  # (L, D)
         generation = self.llm.generate(embeds, q.max_new_tokens, stop=[get_template(q.conv_mode).stop_str])
         timings["llm_first_token"] = generation.first_token_s
@@ -163,7 +180,8 @@ class QueryEngine:
         citations = self._citations(spans, span_ids, prompt_spans)
         answer_history = history + [Turn(question, generation.text)]
         return Answer(question, generation.text, citations, plan.mode, plan.frames, 1 + plan.content_tokens,
-                      int(ids.shape[0]), timings, answer_history)
+                      int(ids.shape[0]), timings, answer_history, degraded_spans(missing, self.frames),
+                      recomputed.frames)
 
     # -- steps ------------------------------------------------------------------------------------
     def _check_k(self, k: int | None) -> int:
@@ -172,11 +190,17 @@ class QueryEngine:
             raise ValueError(f"k must be an integer in 1..{self.settings.query.max_k} (query.max_k), got {k!r}")
         return k
 
-    def _rerank(self, hits: list[Hit], question: str, text_queries: dict[int, torch.Tensor]) -> list[Hit]:
-        ids = [h.frame_id for h in hits]
-        features = torch.from_numpy(self.index.features(ids))
-        relevance = context_relevance(self.model, features, question,
-                                      self._text_queries(ids, features[:, 1:], question, text_queries))
+    def _rerank(self, hits: list[Hit], question: str, text_queries: dict[int, torch.Tensor],
+                recomputed: Recomputed, timings: dict[str, float]) -> list[Hit]:
+        rows = self.patch_features.get([h.frame_id for h in hits], recomputed, timings)
+        if not rows.available.any():
+            return hits  # no features for any hit: the retrieval order stands
+        ids = [h.frame_id for h, ok in zip(hits, rows.available) if ok]
+        features = torch.from_numpy(rows.features[rows.available])
+        relevance = np.zeros(len(hits))
+        relevance[rows.available] = context_relevance(self.model, features, question,
+                                                      self._text_queries(ids, features[:, 1:], question, text_queries))
+        relevance[~rows.available] = relevance[rows.available].mean()  # a hit without features: neutral
         combined = combine_scores(np.array([h.score for h in hits]), relevance)
         return [hits[i] for i in np.argsort(-combined, kind="stable")]
 
@@ -257,25 +281,47 @@ class QueryEngine:
                 known[frame_ids[i]] = queries
         return torch.stack([known[frame_id] for frame_id in frame_ids])
 
-    def _frame_tokens(self, frame_ids: list[int], question: str, content_tokens: int,
-                      timings: dict[str, float], text_queries: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """[T, 1 + P, D] over the chosen frames, a chunk of features in memory at a time.
-        `text_queries`: the Q-Former's per frame for this question, reused and added to."""
+    def _frame_tokens(self, frame_ids: list[int], question: str, content_tokens: int, timings: dict[str, float],
+                      text_queries: dict[int, torch.Tensor] | None = None,
+                      recomputed: Recomputed | None = None) -> tuple[torch.Tensor, dict[int, str]]:
+        """([T, 1 + P, D] over the chosen frames, {frame id: why it has no features}), a chunk of
+        features in memory at a time. A frame without features gets its stored content tokens and
+        zeros for a context token it does not have (the prompt leaves that slot out).
+        `text_queries`, `recomputed`: this question's per frame, reused and added to."""
         text_queries = {} if text_queries is None else text_queries
-        out = []
+        recomputed = Recomputed() if recomputed is None else recomputed
+        out, missing = [], {}
         timings.setdefault("features", 0.0)
         timings.setdefault("context_tokens", 0.0)
         for start in range(0, len(frame_ids), FEATURE_CHUNK):
+            chunk = frame_ids[start:start + FEATURE_CHUNK]
             with _timed(timings, "features"):
-                features = torch.from_numpy(self.index.features(frame_ids[start:start + FEATURE_CHUNK]))
-                features = features[:, 1:]  # (t, N, C): the long-video path, no CLS
+                rows = self.patch_features.get(chunk, recomputed, timings)
+                for frame_id in chunk:  # used once here: a whole film's recomputed features never pile up
+                    recomputed.features.pop(frame_id, None)
+                missing.update(rows.missing)
+                ok = torch.from_numpy(rows.available).to(self.model.device)
+                features = torch.from_numpy(rows.features[rows.available])[:, 1:]  # (t, N, C): long-video path, no CLS
             with _timed(timings, "context_tokens"):
-                chunk = frame_ids[start:start + FEATURE_CHUNK]
-                queries = self._text_queries(chunk, features, question, text_queries)
-                context = self.model.context_tokens(features, question, queries)  # (t, 1, D)
-                content = self.model.content_tokens(features, content_tokens)  # (t, P, D)
-                out.append(torch.cat([context, content], dim=1))
-        return torch.cat(out)
+                tokens = torch.zeros(len(chunk), 1 + content_tokens, self.model.config.hidden_size,
+                                     dtype=self.model.dtype, device=self.model.device)
+                if ok.any():
+                    known = [i for i, y in zip(chunk, rows.available) if y]
+                    queries = self._text_queries(known, features, question, text_queries)
+                    tokens[ok, :1] = self.model.context_tokens(features, question, queries)  # (t, 1, D)
+                    tokens[ok, 1:] = self.model.content_tokens(features, content_tokens)  # (t, P, D)
+                if not ok.all():
+                    tokens[~ok, 1:] = self._stored_content(np.asarray(chunk)[~rows.available], content_tokens)
+                out.append(tokens)
+        return torch.cat(out), missing
+
+    def _stored_content(self, frame_ids: np.ndarray, content_tokens: int) -> torch.Tensor:
+        """[t, content_tokens, D] from the content tokens the timeline stores ([t, P, D]). One token is
+        their mean: the model's own one token pools the patches before its projector, so this equals it
+        for a linear projector and comes near it for an MLP one."""
+        stored = torch.from_numpy(self.index.content_tokens(frame_ids)).to(device=self.model.device,
+                                                                            dtype=self.model.dtype)
+        return stored.mean(1, keepdim=True) if content_tokens != stored.shape[1] else stored
 
     def _citations(self, spans: list[Span], span_ids: list[np.ndarray],
                    prompt_spans: list[PromptSpan]) -> list[Citation]:
@@ -288,6 +334,12 @@ class QueryEngine:
             start_s, end_s = float(self.frames.pts_s[used[0]]), float(self.frames.pts_s[used[-1]])
             citations.append(Citation(span.stream_id, start_s, end_s, used, span.hits[0], span.score))
         return citations
+
+
+def _without_context(span: PromptSpan, missing: dict[int, str]) -> PromptSpan:
+    """The span with its frames that have no features marked: they go without a context token."""
+    frames = tuple(replace(f, context=False) if f.frame_id in missing else f for f in span.frames)
+    return replace(span, frames=frames)
 
 
 @contextmanager

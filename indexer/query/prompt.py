@@ -18,6 +18,7 @@ class PromptFrame:
     frame_id: int
     pts_s: float
     subtitle: str | None = None
+    context: bool = True   # False: no patch features could be had, so no context token (content tokens only)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def video_text(spans: list[PromptSpan], tokens_per_frame: int, label_every: int 
         for i, frame in enumerate(span.frames):
             if i % label_every == 0:
                 parts.append(time_label(frame.pts_s))
-            parts.append(IMAGE_PLACEHOLDER * tokens_per_frame)
+            parts.append(IMAGE_PLACEHOLDER * (tokens_per_frame if frame.context else tokens_per_frame - 1))
             if subtitles and frame.subtitle:
                 parts.append(frame.subtitle)
     parts.append(MOVIE_END)

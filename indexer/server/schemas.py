@@ -121,6 +121,15 @@ class CitationModel(BaseModel):
     score: float
 
 
+class DegradedSpanModel(BaseModel):
+    stream_id: str
+    start_s: float
+    end_s: float
+    frames: int
+    reason: str = Field(description="why these frames had no patch features (none kept, and no source or "
+                                    "recording to recompute them from)")
+
+
 class AnswerModel(BaseModel):
     question: str
     text: str
@@ -133,6 +142,10 @@ class AnswerModel(BaseModel):
     timings: dict[str, float | None] = Field(description="seconds per stage (null: the LLM backend does not say)")
     history: list[TurnModel] = Field(description="this conversation, this turn included: send it back as the "
                                                  "next question's `history`")
+    degraded: list[DegradedSpanModel] = Field(description="frames sent with their content tokens only (no context "
+                                                          "token), and why; empty when every frame had its features")
+    recomputed_frames: int = Field(description="frames whose patch features were decoded from the source and "
+                                               "encoded again for this answer (the index keeps none for them)")
 
 
 class HitModel(BaseModel):
@@ -292,7 +305,9 @@ class AlertsResponse(BaseModel):
 
 __all__ = ["MAX_ANSWER_CHARS", "MAX_CONDITION_CHARS", "MAX_HISTORY_TURNS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
            "MAX_JSON_BODY_BYTES", "MAX_QUESTION_CHARS", "MAX_SEARCH_BODY_BYTES", "MAX_SECRET_CHARS", "MAX_STREAM_IDS",
-           "MAX_STREAM_ID_CHARS", "MAX_TEXT_CHARS", "MAX_URL_CHARS", "MAX_WEBHOOKS", "NOT_BLANK", "VIDEO_TYPES", "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel", "ErrorModel",
+           "MAX_STREAM_ID_CHARS", "MAX_TEXT_CHARS", "MAX_URL_CHARS", "MAX_WEBHOOKS", "NOT_BLANK", "VIDEO_TYPES",
+           "AlertModel", "AlertsResponse", "AnswerModel", "AskRequest", "CitationModel", "CreatedWatchModel",
+           "DegradedSpanModel", "ErrorModel",
            "Filters", "HitModel", "QueryKind", "SearchFields", "SearchRequest", "SearchResponse", "StreamModel",
            "StreamsResponse", "TurnModel", "WatchListResponse", "WatchModel", "WatchPatch", "WatchRequest",
            "WebhookModel", "WebhookRequest", "WebhookSecretModel", "finite"]

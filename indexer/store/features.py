@@ -73,7 +73,8 @@ class Int4Features:
 
 
 class NoFeatures:
-    """Keep no patch features (queries recompute them from the source)."""
+    """Keep no patch features: queries recompute those they need from the source file
+    (indexer/query/patch_features.py), or answer with content tokens only where it is gone."""
 
     name = "none"
     suffixes = ()

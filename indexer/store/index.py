@@ -3,6 +3,7 @@
     index = IndexReader(IndexRoot.at("runs/archive"))
     index.timeline(stream_id="cam1")        # pyarrow Table, frames and gaps
     index.features([12, 13])                # float16 [2, 1+N, C], memory-mapped reads
+    index.features_kept([12, 13])           # bool [2]: segments written without features keep none
     index.vectors().search(query, 10)       # exact FAISS over every vector, ids = frame ids
     FrameSearch(index).search(query, 10)    # (indexer.query.search) exact or approximate, with filters
 """
@@ -48,9 +49,22 @@ class IndexReader:
             return self.schema.empty_table().select(columns) if columns else self.schema.empty_table()
         return read_timelines(self.root, [self._open(f) for f in files], self.schema, columns)
 
+    def features_kept(self, frame_ids) -> np.ndarray:
+        """bool [k]: whether the index keeps patch features for each frame id. A per-segment answer:
+        a segment written with feature format none (or whose features a policy dropped) keeps none;
+        its frames' features are recomputed from the source (indexer.query.patch_features)."""
+        ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
+        kept = np.zeros(len(ids), dtype=bool)
+        segment_index = np.searchsorted(self._starts, ids, side="right") - 1
+        for i in np.unique(segment_index):
+            at = np.flatnonzero(segment_index == i)
+            kept[at] = bool(self._segment_of(int(ids[at].max())).features)
+        return kept
+
     def features(self, frame_ids) -> np.ndarray:
         """Patch features [k, 1+N, C] (float16) of the given frame ids, read from memory-mapped files,
-        each segment in its own format (retention converts old segments to int4)."""
+        each segment in its own format (retention converts old segments to int4). Every id must be in
+        a segment that keeps features (`features_kept`)."""
         ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
         out = np.empty((len(ids), *self.layout.feature_shape), dtype=np.float16)
         segment_index = np.searchsorted(self._starts, ids, side="right") - 1
@@ -59,9 +73,10 @@ class IndexReader:
             segment = self._segment_of(int(ids[at].max()))
             self._segment_of(int(ids[at].min()))  # both ends checked: every id in between is in the segment
             if not segment.features:
-                raise ValueError(f"{self.root} keeps no patch features of frames {segment.first_frame_id}.."
-                                 f"{segment.first_frame_id + segment.frames - 1} (feature format "
-                                 f"{self.layout.feature_format!r}, or dropped by its retention policy)")
+                raise ValueError(f"{self.root} keeps no patch features for frames {segment.first_frame_id}.."
+                                 f"{segment.first_frame_id + segment.frames - 1} (commit {segment.generation}; "
+                                 f"feature format {self.layout.feature_format!r}, or dropped by its retention "
+                                 "policy); ask features_kept first and recompute the others")
             fmt = feature_format(segment.format_name(self.layout))
             rows = ids[at] - segment.first_frame_id
             try:
@@ -71,6 +86,24 @@ class IndexReader:
             out[at] = fmt.decode([a[rows] for a in arrays])
             if not np.isfinite(out[at]).all():  # 0xFF bytes are NaN in float16: never an answer from them
                 raise IndexDamaged(self.root, segment.features[-1], "non-finite patch features")  # int4: its scales
+        return out
+
+    def content_tokens(self, frame_ids) -> np.ndarray:
+        """The stored content tokens [k, P, D] (float16) of the given frame ids, from their timeline files
+        (what a frame still gives the LLM when no patch features can be had)."""
+        ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
+        out = np.empty((len(ids), *self.layout.content_shape), dtype=np.float16)
+        segment_index = np.searchsorted(self._starts, ids, side="right") - 1
+        for i in np.unique(segment_index):
+            at = np.flatnonzero(segment_index == i)
+            segment = self._segment_of(int(ids[at].max()))
+            self._segment_of(int(ids[at].min()))
+            table = read_timeline(self.root, self._open(segment.timeline), ["frame_id", "content_tokens"],
+                                  filters=[("frame_id", "in", [int(x) for x in ids[at]])])
+            row_of = {int(f): r for r, f in enumerate(table["frame_id"].to_numpy())}
+            values = table["content_tokens"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            values = values.reshape(len(table), *self.layout.content_shape)
+            out[at] = values[[row_of[int(f)] for f in ids[at]]]
         return out
 
     def frame_row(self, frame_id: int, columns: list[str]) -> dict:

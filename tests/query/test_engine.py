@@ -61,7 +61,8 @@ def test_spans_mode_when_the_context_is_short(engine, tiny_index):
 def test_frame_tokens_are_the_models_long_video_tokens(engine, tiny_index):
     ids = [0, 3, 9]
     features = torch.from_numpy(IndexReader(IndexRoot.at(tiny_index.root)).features(ids))
-    got = engine._frame_tokens(ids, "a question", engine.model.config.content_tokens_per_frame, {})
+    got, missing = engine._frame_tokens(ids, "a question", engine.model.config.content_tokens_per_frame, {})
+    assert not missing
     want = engine.model.frame_tokens(features[:, 1:], "a question")
     torch.testing.assert_close(got, want)
 

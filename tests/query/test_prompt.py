@@ -15,6 +15,12 @@ def test_video_text_interleaves_headers_labels_placeholders_and_subtitles():
     assert "hello" not in video_text(spans, 2, subtitles=False)
 
 
+def test_a_frame_without_a_context_token_has_one_placeholder_less():
+    spans = [PromptSpan("cam1", 1.0, 2.0, (PromptFrame(1, 1.0), PromptFrame(2, 2.0, context=False)))]
+    assert video_text(spans, tokens_per_frame=3) == (MOVIE_START + "\n[cam1 0:01-0:02]\n<0:01><image><image><image>"
+                                                     + "<0:02><image><image>" + MOVIE_END)
+
+
 def test_earlier_turns_are_text_and_the_frames_go_with_the_new_question():
     prompt = conversation_prompt("<image>", "and then?", [Turn("who enters?", "a courier")])
     assert prompt.endswith("USER: who enters? ASSISTANT: a courier</s>USER: <image>\nand then? ASSISTANT:")

@@ -115,7 +115,7 @@ def assert_features_as_policy(root: Path, built: Built) -> None:
             elif fmt == "int4":
                 np.testing.assert_array_equal(index.features(ids), int4.decode(int4.encode(original)))
             else:
-                with pytest.raises(ValueError, match=f"no patch features of frames {ids[0]}"):
+                with pytest.raises(ValueError, match=f"no patch features for frames {ids[0]}"):
                     index.features(ids)
     before, after = IndexReader(IndexRoot.at(built.root)).timeline(), index.timeline()
     for column in ("frame_id", "pts_s", "content_tokens", "embedding"):

@@ -330,7 +330,13 @@ function renderAnswer(answer, seconds) {
   $("#answer").hidden = false;
   $("#answer-text").textContent = answer.text || "(no answer text)";
   $("#answer-meta").textContent = `${answer.mode} mode · ${answer.frames} frames sent · `
-    + `${answer.prompt_tokens} prompt tokens · ${seconds.toFixed(1)} s`;
+    + `${answer.prompt_tokens} prompt tokens · ${seconds.toFixed(1)} s`
+    + (answer.recomputed_frames ? ` · ${answer.recomputed_frames} frames' features recomputed from the source` : "");
+  // frames that went without their context token (no patch features, nothing to recompute them from)
+  $("#answer-degraded").hidden = !answer.degraded.length;
+  $("#answer-degraded").replaceChildren(...answer.degraded.map((d) => el("li", {
+    textContent: `${d.stream_id} ${clock(d.start_s)}–${clock(d.end_s)} (${d.frames} frame${d.frames === 1 ? "" : "s"}): `
+      + `content tokens only: ${d.reason}` })));
   const earlier = answer.history.slice(0, -1);
   $("#conversation").replaceChildren(...earlier.map((turn) => el("p", { className: "turn" },
     el("strong", { textContent: "Q: " }), turn.question, el("br"), el("strong", { textContent: "A: " }), turn.answer)));
