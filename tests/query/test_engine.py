@@ -47,7 +47,7 @@ def test_spans_mode_when_the_context_is_short(engine, tiny_index):
     label = len(engine.model.tokenizer.encode(time_label(0.0)))
     settings.query.context_length = whole.prompt_tokens + settings.query.max_new_tokens - 16 * label
     settings.query.k = 2
-    short = QueryEngine(tiny_index.root, engine.model, engine.embedder, engine.llm, settings)
+    short = QueryEngine(engine.root, engine.model, engine.embedder, engine.llm, settings)
     rows = frame_rows(tiny_index.root)
     answer = short.ask("what is shown?")
     assert answer.mode == "spans"
