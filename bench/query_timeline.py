@@ -69,7 +69,7 @@ def bench_timeline(hours: float = 3.0, questions: int = 20, beside_ingest: bool 
         root, model, embedder = build_timeline_index(Path(tmp), hours)
         settings = Settings.model_validate({"model": {"model_dir": str(model.model_dir)},
                                             "query": {"max_new_tokens": 1}})
-        engine = QueryEngine(root, model, embedder, TransformersBackend(model), settings)
+        engine = QueryEngine(IndexRoot.at(root), model, embedder, TransformersBackend(model), settings)
         print(f"timeline: {hours:g} h at 1 fps = {engine.frames.size} frames, tiny model, CPU, "
               f"load average {os.getloadavg()[0]:.1f} at start")
         for threads in THREADS:  # the setting, and torch's default (one per core) to compare with
