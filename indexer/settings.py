@@ -56,12 +56,33 @@ class EncoderSettings(BaseModel):
     max_wait_s: float = Field(0.05, ge=0, description="how long a partial batch waits for more frames")
 
 
+class RetentionSettings(BaseModel):
+    """How long what an index keeps is kept. A live source's recording (INDEX/recordings/<stream>/:
+    its video as received, stream-copied into segments) is what its alert clips, playback in the
+    page and recomputed features read; its oldest segments are deleted as new ones close."""
+
+    model_config = SETTINGS_CONFIG
+
+    recording_s: float | None = Field(120.0, ge=0, description="seconds of media a live source's recording keeps "
+                                      "(null: no age limit; 0: no recording, so no clips of live sources)")
+    recording_bytes: int | None = Field(None, gt=0, description="bytes a live source's recording keeps at most "
+                                        "(null: no size limit); the newest segment is always kept")
+    recording_segment_s: float = Field(2.0, gt=0, description="a recording segment starts at the first keyframe "
+                                       "after this long")
+
+    @property
+    def records(self) -> bool:
+        """Whether live sources are recorded at all."""
+        return self.recording_s != 0
+
+
 class IndexSettings(BaseModel):
     """What the index root stores and how often it commits."""
 
     model_config = SETTINGS_CONFIG
 
     feature_format: Literal["float16", "int4", "none"] = "float16"
+    retention: RetentionSettings = RetentionSettings()
     commit_interval_s: float = Field(5.0, gt=0)
     thumbnail_width: int = Field(160, ge=16)
     max_vector_shards: int = Field(32, ge=1, description="FAISS shards folded into one beyond this")
@@ -160,10 +181,8 @@ class MonitorSettings(BaseModel):
     score_range: tuple[float, float] = Field((0.15, 0.35), description="(low, high) prefilter threshold range")
     pre_roll_s: float = Field(3.0, ge=0, description="clip starts this long before the event")
     post_roll_s: float = Field(3.0, ge=0, description="clip ends this long after it")
-    clip_wait_s: float = Field(15.0, ge=0, description="how long to wait for the ring to cover the post-roll")
-    ring_s: float = Field(120.0, ge=0, description="seconds of recent video a live source keeps on disk for clips "
-                          "(0: no clips from live sources)")
-    ring_segment_s: float = Field(2.0, gt=0)
+    clip_wait_s: float = Field(15.0, ge=0, description="how long to wait for a live source's recording to cover "
+                               "the post-roll (the recording's length: index.retention.recording_s)")
     commit_interval_s: float = Field(1.0, gt=0, description="index commits while monitoring (alert latency)")
     # a live source's reader reports every second whether frames arrive; a source that gives none
     # this long (by the wall clock) raises the signal-lost alert while it is still down. It must
@@ -253,5 +272,5 @@ def settings_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 __all__ = ["EmbeddingSettings", "EncoderSettings", "IndexSettings", "IngestSettings", "LLMSettings", "ModelSettings",
-           "MonitorSettings", "QuerySettings", "SearchSettings", "Settings", "WebhookSettings", "load_settings",
-           "resolve_model_paths", "settings_error", "with_model_paths"]
+           "MonitorSettings", "QuerySettings", "RetentionSettings", "SearchSettings", "Settings", "WebhookSettings",
+           "load_settings", "resolve_model_paths", "settings_error", "with_model_paths"]

@@ -378,10 +378,19 @@ function play(streamId, start) {
   $("#player-section").hidden = false;
   if (stream && !stream.media) {
     $("#player-caption").textContent = `${streamId} is a ${stream.live ? "live " : ""}${stream.protocol} source: `
-      + "there is no archived file to play.";
+      + (stream.live ? "it has no recording to play (index.retention.recording_s)." : "there is no archived file to play.");
     return;
   }
   $("#player-caption").textContent = `${streamId} from ${clock(start)}`;
+  if (stream && stream.live) {
+    // a live stream plays its recording: an MP4 from the keyframe at or before `start`
+    video.dataset.stream = "";
+    video.addEventListener("loadedmetadata", () => video.play().catch(() => {}), { once: true });
+    video.src = withToken(`api/streams/${encodeURIComponent(streamId)}/media?start_s=${start}`);
+    video.dataset.start = start;
+    video.scrollIntoView({ block: "nearest" });
+    return;
+  }
   const seek = () => {
     video.currentTime = start;
     video.play().catch(() => {});  // a browser may refuse autoplay; the controls still work
