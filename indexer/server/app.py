@@ -250,11 +250,12 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
         entries, has_frames = await gate.view(read)
         if stream_id not in entries:
             raise KeyError(f"unknown stream {stream_id!r}; streams: {sorted(entries)}")
-        if entries[stream_id].live and has_frames:
-            folder, clip = await anyio.to_thread.run_sync(partial(_live_media, engine.root, stream_id, start_s))
+        entry = entries[stream_id]
+        if entry.live and has_frames:
+            folder, clip = await anyio.to_thread.run_sync(partial(_live_media, engine.root, entry, start_s))
             return FileResponse(clip.path, media_type="video/mp4", headers={"X-Media-Start-S": f"{clip.start_s:.6f}"},
                                 background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
-        target = _media_target(entries[stream_id], roots, has_frames)
+        target = _media_target(entry, roots, has_frames)
         if isinstance(target, str):
             return RedirectResponse(target, status_code=307)
         media_type = VIDEO_TYPES.get(target.suffix.lower()) or mimetypes.guess_type(target.name)[0]
@@ -445,15 +446,16 @@ def _media_target(entry: StreamEntry, roots: list[Path] | None, has_frames: bool
     return path
 
 
-def _live_media(root: IndexRoot, stream_id: str, start_s: float | None) -> tuple[Path, Clip]:
+def _live_media(root: IndexRoot, entry: StreamEntry, start_s: float | None) -> tuple[Path, Clip]:
     """A live stream's recording from `start_s` (default: its last LIVE_MEDIA_S), remuxed into an
     MP4 in a temporary folder the caller deletes once it is sent. Only the root's recordings folder
     is read. KeyError (404) when it has no recording; ValueError (400) for a time it does not hold."""
+    stream_id = entry.stream_id
     recording = Recording(root, stream_id)
     held = recording.held()
     if not held:
-        raise KeyError(f"stream {stream_id!r} is live and has no recording to play (index.retention.recording_s "
-                       "0, or nothing recorded yet)")
+        raise KeyError(f"stream {stream_id!r} is a live {entry.protocol} source with no recording to play "
+                       "(index.retention.recording_s 0, or nothing recorded yet)")
     if start_s is None:
         start_s = max(held[0][0], held[-1][1] - LIVE_MEDIA_S)
     end_s = min(start_s + LIVE_MEDIA_S, held[-1][1])

@@ -128,3 +128,30 @@ def test_the_media_route_plays_a_live_streams_recording(recorded, tmp_path):
         assert past.status_code == 400 and re.search(r"past its recording, which holds", past.json()["detail"])
         missing = client.get("/api/streams/dark/media")
         assert missing.status_code == 404 and "no recording" in missing.json()["detail"]
+
+
+@pytest.mark.timeout(180)
+def test_the_page_plays_a_live_streams_recording_in_a_browser(recorded, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.server.test_page import WAIT_S, chrome, serving
+
+    root = IndexRoot.at(tmp_path / "index")
+    shutil.copytree(recorded.root.recording_dir("cam"), root.recording_dir("cam"))
+    engine = FakeEngine([entry("cam", "http://127.0.0.1:1/live.m3u8", "hls", live=True)], root=root.path)
+    start = recorded.segments[0].media_start_s + 1.5
+    driver = chrome()
+    try:
+        with serving(create_app(engine), driver) as url:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, WAIT_S)
+            wait.until(lambda d: d.execute_script("return state.streams.get('cam')?.media === true"))
+            driver.execute_script("play('cam', arguments[0])", start)  # what clicking a cited moment of cam does
+            state = wait.until(lambda d: d.execute_script(
+                "const v = document.getElementById('player');"
+                "if (v.error) return {error: v.error.code};"
+                "return v.readyState >= 2 && v.currentTime > 0 ? {time: v.currentTime, src: v.src} : null;"))
+            assert "error" not in state, f"the browser could not play the recording (MediaError {state})"
+            assert f"/api/streams/cam/media?start_s={start}" in state["src"]
+    finally:
+        driver.quit()
