@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from indexer.media.source import ReaderOptions
 
@@ -206,6 +206,27 @@ class Settings(BaseModel):
     llm: LLMSettings = LLMSettings()
     monitor: MonitorSettings = MonitorSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ring_became_recording(cls, data: Any) -> Any:
+        """Settings written before recordings (an index's saved ingest-config.yaml, a user's config)
+        name the clip ring `monitor.ring_s` / `ring_segment_s`: they are the live sources'
+        recording now, `index.retention.recording_s` / `recording_segment_s` (which win if given)."""
+        if not isinstance(data, dict) or not isinstance(data.get("monitor"), dict):
+            return data
+        monitor = dict(data["monitor"])
+        moved = {new: monitor.pop(old) for old, new in RING_KEYS.items() if old in monitor}
+        if not moved:
+            return data
+        index = data.get("index") or {}
+        index = dict(index) if isinstance(index, dict) else index.model_dump()
+        retention = index.get("retention") or {}
+        retention = dict(retention) if isinstance(retention, dict) else retention.model_dump()
+        index["retention"] = moved | retention
+        return {**data, "monitor": monitor, "index": index}
+
+
+RING_KEYS = {"ring_s": "recording_s", "ring_segment_s": "recording_segment_s"}  # monitor.* -> index.retention.*
 
 _MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "image_processor"), ("model", "qformer"),
                 ("embedding", "model"))

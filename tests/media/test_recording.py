@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_source
@@ -155,3 +156,18 @@ def test_the_page_plays_a_live_streams_recording_in_a_browser(recorded, tmp_path
             assert f"/api/streams/cam/media?start_s={start}" in state["src"]
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize(("saved", "recording_s", "records"), [(30.0, 30.0, True), (0.0, 0.0, False)])
+def test_settings_saved_with_the_old_clip_ring_keep_its_length_as_the_recordings(tmp_path, saved, recording_s, records):
+    from indexer.settings import Settings, load_settings
+
+    old = Settings.model_validate({"model": {"model_dir": "m"}}).model_dump(mode="json")
+    del old["index"]["retention"]
+    old["monitor"] |= {"ring_s": saved, "ring_segment_s": 1.0}  # as an index's ingest-config.yaml held them
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    retention = load_settings(tmp_path / "old.yaml").index.retention
+    assert (retention.recording_s, retention.recording_segment_s, retention.records) == (recording_s, 1.0, records)
+    old["index"]["retention"] = {"recording_s": 600.0}  # given: it wins over the old name
+    assert Settings.model_validate(old).index.retention.recording_s == 600.0
+    assert Settings.model_validate({"model": {"model_dir": "m"}}).index.retention.recording_s == 120.0  # as the ring
