@@ -23,7 +23,7 @@ from indexer.store.root import IndexRoot
 from tests.mediagen import read_frame_number
 from tests.server.fakes import FakeEngine, entry
 from tests.server.live import LOCAL
-from tests.streams import hls_live
+from tests.streams import hls_live, rtsp_server
 
 FPS, SEGMENT_S = 25, 1.0
 KEEP_BYTES = 120_000
@@ -39,22 +39,26 @@ class Recorded:
     highest_seq: int                  # the newest segment ever written
 
 
+def record(root: IndexRoot, url: str, ring: SegmentRing, until_s: float) -> Recorded:
+    frames = []
+    reader = SourceReader(parse_source(url), OPTIONS, ring=ring)
+    reader.open()
+    for item in reader.samples():
+        if isinstance(item, SampledFrame):
+            frames.append(item)
+            if item.pts_s >= until_s:
+                break
+    reader.close()
+    return Recorded(root, frames, ring_segments(ring.directory), ring._next_seq - 1)
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Recorded:
+    """An HLS stream recorded under a byte limit."""
     root = IndexRoot.at(tmp_path_factory.mktemp("index"))
-    directory = root.recording_dir("cam")
-    ring = SegmentRing(directory, keep_s=None, segment_s=SEGMENT_S, keep_bytes=KEEP_BYTES)
-    frames = []
+    ring = SegmentRing(root.recording_dir("cam"), keep_s=None, segment_s=SEGMENT_S, keep_bytes=KEEP_BYTES)
     with hls_live(duration_s=20, fps=FPS, hls_time=1) as (url, _):
-        reader = SourceReader(parse_source(url), OPTIONS, ring=ring)
-        reader.open()
-        for item in reader.samples():
-            if isinstance(item, SampledFrame):
-                frames.append(item)
-                if item.pts_s >= 14.0:
-                    break
-        reader.close()
-    return Recorded(root, frames, ring_segments(directory), ring._next_seq - 1)
+        return record(root, url, ring, 14.0)
 
 
 def test_retention_by_bytes_deletes_the_oldest_segments_and_keeps_the_newest(recorded):
@@ -79,6 +83,22 @@ def test_frames_at_gives_back_the_pictures_the_reader_sampled(recorded):
         assert image.dtype == np.uint8 and image.shape == frame.image.shape
         assert np.array_equal(image, frame.image)  # the same packets decoded again: the same pixels
         assert read_frame_number(image) == round(frame.pts_s * FPS)
+
+
+def test_an_rtsp_camera_recorded_for_keep_s_gives_back_its_sampled_pictures(tmp_path):
+    root = IndexRoot.at(tmp_path / "index")
+    ring = SegmentRing(root.recording_dir("cam"), keep_s=4.0, segment_s=SEGMENT_S)
+    with rtsp_server(duration_s=20, fps=FPS) as url:
+        recorded = record(root, url, ring, 10.0)
+    segments = recorded.segments
+    assert int(segments[0].path.stem) > 1 and segments[-1].media_end_s >= recorded.frames[-1].pts_s
+    assert segments[-1].media_end_s - segments[0].media_start_s <= 4.0 + SEGMENT_S + 0.1  # keep_s and a segment
+    held = [f for f in recorded.frames if f.pts_s >= segments[0].media_start_s]
+    assert len(held) >= 4
+    images = Recording(root, "cam", short_side=OPTIONS.short_side).frames_at([f.pts_s for f in held])
+    assert all(np.array_equal(image, f.image) for image, f in zip(images, held, strict=True))
+    with pytest.raises(RecordingUnavailable, match="stream cam: "):
+        Recording(root, "cam").frames_at([recorded.frames[0].pts_s])
 
 
 def test_a_time_the_recording_no_longer_holds_names_the_stream_and_what_it_holds(recorded):
