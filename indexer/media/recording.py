@@ -69,8 +69,9 @@ class Recording:
             if segment.media_start_s - TIME_TOLERANCE_S <= t < segment.media_end_s - TIME_TOLERANCE_S:
                 return i
         raise RecordingUnavailable(f"stream {self.stream_id}: its recording ({self.directory}) "
-                                   f"{self._holds(segments)}; {t:.3f} s is not in it (deleted by index.retention.recording_s / "
-                                   "recording_bytes, or not recorded: the source was down or not yet read)")
+                                   f"{self._holds(segments)}; {t:.3f} s is not in it (deleted by "
+                                   "index.retention.recording_s / recording_bytes, or not recorded: the source was "
+                                   "down or not yet read)")
 
     def _holds(self, segments: list[RingSegment]) -> str:
         ranges = _ranges(segments)
