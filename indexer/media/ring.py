@@ -218,8 +218,8 @@ class SegmentRing:
         except OSError as exc:
             logger.warning("ring %s: cannot finish %s: %s", self.directory, segment.path.name, exc)
 
-
     def _apply_retention(self, newest: RingSegment) -> None:
+        """Delete the oldest finished segments that keep_s or keep_bytes no longer keep (never the newest)."""
         total = sum(s.bytes for s in self._finished)
         while len(self._finished) > 1:
             oldest = self._finished[0]
