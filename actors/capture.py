@@ -20,16 +20,16 @@ def start_captures(sources: list[Source], root: IndexRoot, settings: Settings,
                    manifest: Manifest | None) -> CaptureProcess | None:
     """A capture per source that may be live, started now in a child process (None: no such
     source), resuming where the index's manifest says the stream was committed; the stream's
-    recent segments go to its ring for alert clips."""
+    packets go to its recording (index.retention) for clips, playback and recomputation."""
     requests = []
     for source in sources:
         if not source.maybe_live:
             continue
         entry = manifest.streams.get(source.stream_id) if manifest else None
-        ring = None
-        if settings.monitor.ring_s > 0:
-            ring = RingSettings(str(root.ring_dir(source.stream_id)), settings.monitor.ring_s,
-                                settings.monitor.ring_segment_s)
+        retention, ring = settings.index.retention.for_stream(source.stream_id), None
+        if retention.records:
+            ring = RingSettings(str(root.recording_dir(source.stream_id)), retention.recording_s,
+                                retention.recording_segment_s, retention.recording_bytes)
         requests.append(CaptureRequest(source, settings.reader, entry.next_index if entry else 0,
                                        entry.watermark_s if entry else None, ring))
     return CaptureProcess(requests) if requests else None

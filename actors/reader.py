@@ -159,14 +159,14 @@ class ReaderActor:
         reader.close()
 
     def _reader(self) -> SourceReader | FedSource:
-        """A live source keeps its recent segments on disk for alert clips (monitor.ring_s)."""
+        """A live source is recorded (index.retention) for clips, playback and recomputation."""
         if self._fed is not None:
             self._source_reader = self._fed  # its one connection, ring included, is the driver's
             return self._fed
-        ring = None
-        if self.source.maybe_live and self.settings.monitor.ring_s > 0:
-            ring = SegmentRing(self.root.ring_dir(self.source.stream_id), keep_s=self.settings.monitor.ring_s,
-                               segment_s=self.settings.monitor.ring_segment_s)
+        retention, ring = self.settings.index.retention.for_stream(self.source.stream_id), None
+        if self.source.maybe_live and retention.records:
+            ring = SegmentRing(self.root.recording_dir(self.source.stream_id), keep_s=retention.recording_s,
+                               segment_s=retention.recording_segment_s, keep_bytes=retention.recording_bytes)
         self._source_reader = SourceReader(self.source, self.settings.reader, stop=self._stop, ring=ring)
         return self._source_reader
 

@@ -68,8 +68,10 @@ def run(n: int, duration_s: float, work: Path, pass_share: float) -> dict:
     blacks = [(duration_s - 35, duration_s - 31), (duration_s - 15, duration_s - 11)]
     video = make_scene_video(work / "black.ts", duration_s, {"black": blacks[0]}, fps=10)
     video2 = make_scene_video(work / "black2.ts", duration_s, {"black": blacks[1]}, fps=10)
+    settings.index = settings.index.model_copy(update={
+        "retention": settings.index.retention.model_copy(update={"recording_segment_s": 1.0})})
     settings.monitor = settings.monitor.model_copy(update={
-        "poll_interval_s": 0.2, "ring_segment_s": 1.0, "clip_wait_s": 5.0,
+        "poll_interval_s": 0.2, "clip_wait_s": 5.0,
         "score_range": calibrated_range(settings, video, CONDITION, pass_share)})
     root = work / f"index-{n}"
     root.mkdir()

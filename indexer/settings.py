@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 if TYPE_CHECKING:  # torch is imported where a dtype is needed: the ingest driver and `vidx ask` errors do without it
     import torch
@@ -87,7 +87,8 @@ class RetentionPolicy(BaseModel):
     file (a few seconds of one stream), by its newest frame: for a live source the wall-clock time
     since that frame was captured, for a file the media time from it to the stream's newest
     committed frame. None is forever. Content tokens, retrieval embeddings and the timeline are
-    always kept (a few KB a frame)."""
+    always kept (a few KB a frame). A live source's recording is kept by media seconds and bytes
+    (`recording_s`, `recording_bytes`)."""
 
     model_config = SETTINGS_CONFIG
 
@@ -99,8 +100,20 @@ class RetentionPolicy(BaseModel):
     int4_max_bytes: int | None = Field(None, ge=0, description="beyond this many int4 bytes in a stream, its "
                                        "oldest int4 files are dropped")
     thumbnails_s: float | None = Field(None, ge=0, description="JPEG thumbnails up to this age")
-    recordings_s: float | None = Field(None, ge=0, description="recordings of live sources up to this age (for "
-                                       "the recorder of live sources; nothing in this version records them yet)")
+    # a live source's recording (INDEX/recordings/<stream>/: its video as received, stream-copied
+    # into segments) is what its alert clips, playback in the page and recomputed features read;
+    # its oldest segments are deleted as new ones close
+    recording_s: float | None = Field(120.0, ge=0, description="seconds of media a live source's recording keeps "
+                                      "(null: no age limit; 0: no recording, so no clips of live sources)")
+    recording_bytes: int | None = Field(None, gt=0, description="bytes a live source's recording keeps at most "
+                                        "(null: no size limit); the newest segment is always kept")
+    recording_segment_s: float = Field(2.0, gt=0, description="a recording segment starts at the first keyframe "
+                                       "after this long")
+
+    @property
+    def records(self) -> bool:
+        """Whether live sources are recorded at all."""
+        return self.recording_s != 0
 
 
 class RetentionSettings(RetentionPolicy):
@@ -242,10 +255,8 @@ class MonitorSettings(BaseModel):
     score_range: tuple[float, float] = Field((0.15, 0.35), description="(low, high) prefilter threshold range")
     pre_roll_s: float = Field(3.0, ge=0, description="clip starts this long before the event")
     post_roll_s: float = Field(3.0, ge=0, description="clip ends this long after it")
-    clip_wait_s: float = Field(15.0, ge=0, description="how long to wait for the ring to cover the post-roll")
-    ring_s: float = Field(120.0, ge=0, description="seconds of recent video a live source keeps on disk for clips "
-                          "(0: no clips from live sources)")
-    ring_segment_s: float = Field(2.0, gt=0)
+    clip_wait_s: float = Field(15.0, ge=0, description="how long to wait for a live source's recording to cover "
+                               "the post-roll (the recording's length: index.retention.recording_s)")
     commit_interval_s: float = Field(1.0, gt=0, description="index commits while monitoring (alert latency)")
     # a live source's reader reports every second whether frames arrive; a source that gives none
     # this long (by the wall clock) raises the signal-lost alert while it is still down. It must
@@ -269,6 +280,27 @@ class Settings(BaseModel):
     llm: LLMSettings = LLMSettings()
     monitor: MonitorSettings = MonitorSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ring_became_recording(cls, data: Any) -> Any:
+        """Settings written before recordings (an index's saved ingest-config.yaml, a user's config)
+        name the clip ring `monitor.ring_s` / `ring_segment_s`: they are the live sources'
+        recording now, `index.retention.recording_s` / `recording_segment_s` (which win if given)."""
+        if not isinstance(data, dict) or not isinstance(data.get("monitor"), dict):
+            return data
+        monitor = dict(data["monitor"])
+        moved = {new: monitor.pop(old) for old, new in RING_KEYS.items() if old in monitor}
+        if not moved:
+            return data
+        index = data.get("index") or {}
+        index = dict(index) if isinstance(index, dict) else index.model_dump()
+        retention = index.get("retention") or {}
+        retention = dict(retention) if isinstance(retention, dict) else retention.model_dump()
+        index["retention"] = moved | retention
+        return {**data, "monitor": monitor, "index": index}
+
+
+RING_KEYS = {"ring_s": "recording_s", "ring_segment_s": "recording_segment_s"}  # monitor.* -> index.retention.*
 
 _MODEL_PATHS = (("model", "model_dir"), ("model", "vision_tower"), ("model", "image_processor"), ("model", "qformer"),
                 ("embedding", "model"))

@@ -128,8 +128,8 @@ class LiveCapture:
     is closed once opened: it can be read again from its start by whoever needs it.
 
     `start_index` / `resume_time_s` resume a stream the index already holds (its manifest entry's
-    `next_index` / `watermark_s`), as `SourceReader` takes them. `ring` keeps the recent packets for
-    alert clips (see `SegmentRing`)."""
+    `next_index` / `watermark_s`), as `SourceReader` takes them. `ring` records the packets (the
+    recording: clips, playback, recomputation; see `SegmentRing`)."""
 
     def __init__(self, source: Source, options: ReaderOptions, start_index: int = 0,
                  resume_time_s: float | None = None, ring: SegmentRing | None = None, memory_frames: int = MEMORY_FRAMES,

@@ -41,9 +41,12 @@ CLOSE_TIMEOUT_S = 15.0   # the child stops its captures (each closes its ring) w
 
 @dataclass(frozen=True)
 class RingSettings:
+    """A live source's recording (see `SegmentRing`)."""
+
     directory: str
-    keep_s: float
+    keep_s: float | None
     segment_s: float
+    keep_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ def _serve(conn: Connection) -> None:
     requests: list[CaptureRequest] = conn.recv()
     captures: dict[str, LiveCapture] = {}
     for r in requests:
-        ring = r.ring and SegmentRing(Path(r.ring.directory), keep_s=r.ring.keep_s, segment_s=r.ring.segment_s)
+        ring = r.ring and SegmentRing(Path(r.ring.directory), keep_s=r.ring.keep_s, segment_s=r.ring.segment_s,
+                                      keep_bytes=r.ring.keep_bytes)
         captures[r.source.stream_id] = LiveCapture(r.source, r.options, r.start_index, r.resume_time_s, ring).start()
     try:
         while True:

@@ -1,6 +1,6 @@
-"""`cut_clip`: an MP4 of a media-time range, from a live source's ring or from an archived file.
+"""`cut_clip`: an MP4 of a media-time range, from a live source's recording or from an archived file.
 
-    clip = cut_clip(Path("alert.mp4"), 10.0, 22.0, ring_dir=Path("ring/cam1"))   # a live source
+    clip = cut_clip(Path("alert.mp4"), 10.0, 22.0, recording_dir=root.recording_dir("cam1"))  # a live source
     clip = cut_clip(Path("alert.mp4"), 10.0, 22.0, source="talk.mp4")             # a file or URL
 
 Packets are copied, not re-encoded, so a clip starts at the keyframe at or before `start_s` and
@@ -51,17 +51,18 @@ class _Timed:
     dts_s: float
 
 
-def cut_clip(out: Path, start_s: float, end_s: float, *, ring_dir: Path | None = None,
+def cut_clip(out: Path, start_s: float, end_s: float, *, recording_dir: Path | None = None,
              source: str | None = None) -> Clip:
-    """Write the media-time range [start_s, end_s] of a ring (a live source) or of a source (an
+    """Write the media-time range [start_s, end_s] of a recording (a live source) or of a source (an
     archived file or URL) to the MP4 `out`. Raises ValueError when nothing of the range is there
     or a file cannot be read, FileNotFoundError for a missing source."""
-    if (ring_dir is None) == (source is None):
-        raise ValueError("cut_clip needs exactly one of ring_dir (a live source) or source (a file or URL)")
+    if (recording_dir is None) == (source is None):
+        raise ValueError("cut_clip needs exactly one of recording_dir (a live source) or source (a file or URL)")
     if not end_s > start_s:
         raise ValueError(f"clip range {start_s:.3f}..{end_s:.3f} s is empty: end_s must be > start_s")
     out = Path(out)
-    clip_input = _RingInput(Path(ring_dir), start_s, end_s) if ring_dir is not None else _FileInput(source, start_s)
+    clip_input = (_RingInput(Path(recording_dir), start_s, end_s) if recording_dir is not None
+                  else _FileInput(source, start_s))
     tmp = out.with_name(out.name + TMP_SUFFIX)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +82,11 @@ def cut_clip(out: Path, start_s: float, end_s: float, *, ring_dir: Path | None =
 
 # -- inputs: packets in decode order with their media times ---------------------------------------
 class _RingInput:
-    """The finished ring segments around [start_s, end_s], read one after another."""
+    """The finished recording segments around [start_s, end_s], read one after another."""
 
-    def __init__(self, ring_dir: Path, start_s: float, end_s: float):
-        self.name = f"ring {ring_dir}"
-        segments = ring_segments(ring_dir) if ring_dir.is_dir() else []
+    def __init__(self, recording_dir: Path, start_s: float, end_s: float):
+        self.name = f"recording {recording_dir}"
+        segments = ring_segments(recording_dir) if recording_dir.is_dir() else []
         hits = [i for i, s in enumerate(segments)
                 if s.media_end_s > start_s + EPS_S and s.media_start_s <= end_s + EPS_S]
         if not hits:
@@ -109,7 +110,7 @@ class _RingInput:
             container = _open(segment.path, missing_ok=True)
             if container is not None:
                 return container, segment
-            self.gap |= segment.path in self._required  # pruned by the ring since the listing
+            self.gap |= segment.path in self._required  # deleted by its retention since the listing
         return None, None
 
     def packets(self) -> Iterator[_Timed]:
@@ -140,7 +141,7 @@ def _segment_packets(container: av.container.InputContainer, segment: RingSegmen
                 dts_s = pts_s if packet.dts is None else segment.media_time(packet.dts * tick_s)
                 yield _Timed(packet, pts_s, dts_s)
     except READ_ERRORS as exc:
-        raise ValueError(f"ring segment {segment.path}: unreadable: {describe_media_error(exc)}") from exc
+        raise ValueError(f"recording segment {segment.path}: unreadable: {describe_media_error(exc)}") from exc
 
 
 class _FileInput:

@@ -54,7 +54,7 @@ class SourceReader:
     packet or reconnect attempt: no padding to the end, no "gave up" gap; what a live source had
     sampled is yielded, a file is read again from the resume point.
 
-    `ring` (live sources only) keeps the recent packets on disk for alert clips."""
+    `ring` (live sources only) records the packets on disk (the recording: clips, playback, recomputation)."""
 
     def __init__(self, source: Source, options: ReaderOptions, start_index: int = 0,
                  resume_time_s: float | None = None, stop: threading.Event | None = None,

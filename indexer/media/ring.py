@@ -1,13 +1,17 @@
-"""`SegmentRing`: the last minutes of a live source's video, on disk, for alert clips.
+"""`SegmentRing`: a live source's recording, on disk, kept for a time and/or a size.
 
-    ring = SegmentRing(Path("ring/cam1"), keep_s=120.0, segment_s=2.0)
+    ring = SegmentRing(root.recording_dir("cam1"), keep_s=120.0, keep_bytes=None, segment_s=2.0)
     reader = SourceReader(source, options, ring=ring)   # the reader feeds it packets and frame times
-    ring_segments(Path("ring/cam1"))                     # finished segments, oldest first
+    ring_segments(root.recording_dir("cam1"))           # finished segments, oldest first
 
 A live source cannot be read again, so its packets are copied (no re-encoding) into MPEG-TS
-segment files `<seq>.ts`. When a segment is finished a JSON sidecar `<seq>.json` says which
-media time it covers; a segment without one is unfinished (a crash) and is ignored, then deleted
-by the next ring on that folder. A restarted reader appends after the highest seq.
+segment files `<seq>.ts`: the recording that alert clips (clips.py), playback in the page and
+recomputed features (recording.py) all read. When a segment is finished a JSON sidecar
+`<seq>.json` says which media time it covers; a segment without one is unfinished (a crash) and
+is ignored, then deleted by the next ring on that folder. A restarted reader appends after the
+highest seq. As each segment is finished the oldest ones go: those that ended more than keep_s
+(media time) before the newest's end, then the oldest while all together exceed keep_bytes; the
+newest segment always stays.
 
 Packets arrive before their frames are decoded, so the ring learns a segment's media time from
 `frame_time` afterwards: a frame belongs to the segment that held the packet with its pts, and a
@@ -44,6 +48,7 @@ class RingSegment:
     wall_end: float | None    # ... and its last
     # (file seconds from which it applies, media time - file seconds), ascending: file pts -> media time
     offsets: tuple[tuple[float, float], ...] = ()
+    bytes: int = 0            # the .ts file's size
 
     def media_time(self, file_s: float) -> float:
         """Media time of a timestamp read from the segment file (pts * time_base)."""
@@ -74,15 +79,19 @@ class _Segment:
 
 
 class SegmentRing:
-    """Recent packets of one live source's video stream as MPEG-TS segment files (stream copy) in
-    `directory`, each with a JSON sidecar giving its media-time range; segments older than keep_s
-    (media time, behind the newest) are deleted."""
+    """One live source's video stream recorded as MPEG-TS segment files (stream copy) in
+    `directory`, each with a JSON sidecar giving its media-time range; segments that ended more
+    than keep_s (media time) before the newest's end, and the oldest beyond keep_bytes in all, are
+    deleted (None: no such limit)."""
 
-    def __init__(self, directory: Path, keep_s: float = 120.0, segment_s: float = 2.0):
-        if not keep_s > 0 or not segment_s > 0:
-            raise ValueError(f"keep_s and segment_s must be > 0, got keep_s={keep_s}, segment_s={segment_s}")
+    def __init__(self, directory: Path, keep_s: float | None = 120.0, segment_s: float = 2.0,
+                 keep_bytes: int | None = None):
+        if (keep_s is not None and not keep_s > 0) or not segment_s > 0 or (keep_bytes is not None and keep_bytes < 1):
+            raise ValueError(f"keep_s and segment_s must be > 0 and keep_bytes >= 1, got keep_s={keep_s}, "
+                             f"segment_s={segment_s}, keep_bytes={keep_bytes}")
         self.directory = Path(directory)
         self.keep_s = keep_s
+        self.keep_bytes = keep_bytes
         self.segment_s = segment_s
         self.directory.mkdir(parents=True, exist_ok=True)
         self._next_seq = _remove_unfinished(self.directory) + 1
@@ -201,15 +210,27 @@ class SegmentRing:
                 return
             fsync_dir(segment.path)  # (opens and fsyncs any path): a sidecar promises a complete file
             done = RingSegment(segment.path, segment.media_start_s, segment.media_last_s + self._frame_s,
-                               segment.wall_start, segment.wall_end, tuple(segment.offsets))
+                               segment.wall_start, segment.wall_end, tuple(segment.offsets),
+                               segment.path.stat().st_size)
             write_atomic_json(segment.path.with_suffix(".json"), _sidecar(done))
             self._finished.append(done)
-            while self._finished and self._finished[0].media_end_s <= done.media_end_s - self.keep_s:
-                old = self._finished.popleft()
-                old.path.with_suffix(".json").unlink(missing_ok=True)  # first: a crash leaves an unfinished .ts
-                old.path.unlink(missing_ok=True)
+            self._apply_retention(done)
         except OSError as exc:
             logger.warning("ring %s: cannot finish %s: %s", self.directory, segment.path.name, exc)
+
+    def _apply_retention(self, newest: RingSegment) -> None:
+        """Delete the oldest finished segments that keep_s or keep_bytes no longer keep (never the newest)."""
+        total = sum(s.bytes for s in self._finished)
+        while len(self._finished) > 1:
+            oldest = self._finished[0]
+            too_old = self.keep_s is not None and oldest.media_end_s <= newest.media_end_s - self.keep_s
+            too_big = self.keep_bytes is not None and total > self.keep_bytes
+            if not (too_old or too_big):
+                break
+            self._finished.popleft()
+            oldest.path.with_suffix(".json").unlink(missing_ok=True)  # first: a crash leaves an unfinished .ts
+            oldest.path.unlink(missing_ok=True)
+            total -= oldest.bytes
 
 
 def ring_segments(directory: Path) -> list[RingSegment]:
@@ -225,8 +246,11 @@ def ring_segments(directory: Path) -> list[RingSegment]:
             continue  # deleted by the ring since the listing
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{sidecar}: unreadable ring sidecar ({exc}); delete it and its .ts") from exc
-        if path.exists():
-            segments.append(segment)
+        try:
+            segment.bytes = path.stat().st_size
+        except FileNotFoundError:
+            continue  # deleted by the ring since the listing (its sidecar goes first, but not atomically with it)
+        segments.append(segment)
     return segments
 
 

@@ -135,10 +135,10 @@ class Monitor:
         """Closing rows, with their clips, of the ended events whose clip can be cut now."""
         m = self.settings.monitor
         ready = []
-        for pending in list(self.state.pending):   # the cheap check first: a live ring covers the post-roll
+        for pending in list(self.state.pending):   # the cheap check first: a live recording covers the post-roll
             entry = manifest.streams.get(pending.stream_id) if manifest else None
-            ring = self.root.ring_dir(pending.stream_id)
-            covered = entry is None or not entry.live or _ring_covers(ring, pending.end_s + m.post_roll_s)
+            recording = self.root.recording_dir(pending.stream_id)
+            covered = entry is None or not entry.live or _ring_covers(recording, pending.end_s + m.post_roll_s)
             if covered or time.time() >= pending.deadline:
                 ready.append(pending)
         if not ready:
@@ -155,15 +155,15 @@ class Monitor:
                               "wall_end": pending.wall_end, "raised_at": time.time()})
             if opened.frame_id is not None and entry is not None:   # an event with no frame (a lost signal): no clip
                 start, end = opened.start_s - m.pre_roll_s, pending.end_s + m.post_roll_s
-                self._attach_clip(closed, entry, self.root.ring_dir(pending.stream_id), max(0.0, start), end)
+                self._attach_clip(closed, entry, self.root.recording_dir(pending.stream_id), max(0.0, start), end)
             rows.append(closed)
         return rows, {p.alert_id for p in ready}
 
-    def _attach_clip(self, alert: Alert, entry: StreamEntry, ring: Path, start_s: float, end_s: float) -> None:
+    def _attach_clip(self, alert: Alert, entry: StreamEntry, recording: Path, start_s: float, end_s: float) -> None:
         out = self.root.clip_file(alert.alert_id)
         try:
             if entry.live:
-                clip = cut_clip(out, start_s, end_s, ring_dir=ring)
+                clip = cut_clip(out, start_s, end_s, recording_dir=recording)
             else:
                 clip = cut_clip(out, start_s, end_s, source=source_uri(self.root, entry))
         except (ValueError, OSError) as exc:

@@ -20,13 +20,13 @@ class StreamCursor(BaseModel):
 
 
 class PendingClose(BaseModel):
-    """An event has ended; its closing row waits for the clip (the ring must cover the post-roll)."""
+    """An event has ended; its closing row waits for the clip (the live recording must cover the post-roll)."""
 
     alert_id: str
     stream_id: str
     end_s: float
     wall_end: float | None
-    deadline: float            # unix time: cut what the ring has by then
+    deadline: float            # unix time: cut what the recording has by then
 
 
 class LaneState(BaseModel):

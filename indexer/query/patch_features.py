@@ -29,6 +29,7 @@ import torch
 
 from indexer.llamavid import LlamaVid
 from indexer.media.pictures import FilePictures, PictureSource, PicturesUnavailable
+from indexer.media.recording import Recording
 from indexer.query.answer import DegradedSpan
 from indexer.query.search import FrameCatalog
 from indexer.settings import ReaderOptions
@@ -56,11 +57,12 @@ class FeatureRows:
 
 def pictures_for(root: IndexRoot, entry: StreamEntry, reader: ReaderOptions) -> PictureSource | str:
     """The stream's pictures to decode again, or why there are none. A file source is its own
-    recording; a live source has none yet (recordings of live sources plug in here)."""
-    if entry.protocol == "file" and not entry.live:
+    recording; a live source's is the one its reader wrote (indexer/media/recording.py)."""
+    if entry.live:
+        return Recording(root, entry.stream_id, reader.short_side)
+    if entry.protocol == "file":
         return FilePictures(Path(source_uri(root, entry)), reader.short_side, reader.decoder_threads)
-    kind = "live " if entry.live else ""
-    return (f"stream {entry.stream_id} is a {kind}{entry.protocol} source and the index keeps no recording of it "
+    return (f"stream {entry.stream_id} is a {entry.protocol} source and the index keeps no recording of it "
             "to decode again")
 
 

@@ -9,6 +9,7 @@
 | `GET  /api/streams`                   | every stream: source, length, frames, gaps, errors, latest frame |
 | `GET  /api/frames/{id}/thumbnail.jpg` | a frame's stored JPEG thumbnail                               |
 | `GET  /api/streams/{id}/media`        | its local source file under --media-root (Range), 307 to an http(s) file |
+| `GET  /api/streams/{id}/media?start_s=` | a live stream: an MP4 of its recording from `start_s` (`LIVE_MEDIA_S`) |
 | `/api/watch...`, `/api/alerts...`     | live monitoring: standing queries, alerts, the alert feed (`monitor_api`) |
 | `GET  /`                              | the web page; `/docs`, `/redoc`: the OpenAPI docs (offline)    |
 
@@ -34,6 +35,8 @@ import hmac
 import logging
 import math
 import mimetypes
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,14 +47,17 @@ from urllib.parse import urlsplit
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.media.clips import cut_clip
+from indexer.media.recording import Recording
 from indexer.redaction import redact_text, redact_uri
 from indexer.server.guards import (
     API_PREFIX,
@@ -84,9 +90,11 @@ from indexer.server.schemas import (
 )
 
 if TYPE_CHECKING:  # not a loop: the app is built around an engine passed in; `import indexer.server` stays light
+    from indexer.media.clips import Clip
     from indexer.query.engine import QueryEngine
     from indexer.query.search import SearchFilter
     from indexer.store.manifest import StreamEntry
+    from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 FORM_FIELDS = ("image", "streams", "from_s", "to_s", "k")  # a multipart /api/search: an image and its filters
 MAX_FORM_STREAMS_CHARS = MAX_STREAM_IDS * (MAX_STREAM_ID_CHARS + 1)
 THUMBNAIL_CACHE = "private, max-age=3600"  # frame ids never change meaning within an index root
+LIVE_MEDIA_S = 60.0  # a live stream's media: this much of its recording from the time asked for
 T = TypeVar("T")
 
 
@@ -233,7 +242,9 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
         data = await gate.view(lambda: engine.thumbnail(frame_id))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": THUMBNAIL_CACHE})
 
-    async def media(stream_id: str) -> Response:
+    async def media(stream_id: str, start_s: float | None = Query(None, ge=0, allow_inf_nan=False, description=(
+            "a live stream: the media time to play from (its recording from the keyframe at or before it, "
+            f"{LIVE_MEDIA_S:.0f} s at most); default: the last {LIVE_MEDIA_S:.0f} s it holds"))) -> Response:
         def read() -> tuple[dict[str, StreamEntry], bool]:
             entries = {s.stream_id: s for s in engine.streams()}
             return entries, stream_id in entries and engine.latest_frame(stream_id) is not None
@@ -241,7 +252,12 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
         entries, has_frames = await gate.view(read)
         if stream_id not in entries:
             raise KeyError(f"unknown stream {stream_id!r}; streams: {sorted(entries)}")
-        target = _media_target(entries[stream_id], roots, has_frames)
+        entry = entries[stream_id]
+        if entry.live and has_frames:
+            folder, clip = await anyio.to_thread.run_sync(partial(_live_media, engine.root, entry, start_s))
+            return FileResponse(clip.path, media_type="video/mp4", headers={"X-Media-Start-S": f"{clip.start_s:.6f}"},
+                                background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+        target = _media_target(entry, roots, has_frames)
         if isinstance(target, str):
             return RedirectResponse(target, status_code=307)
         media_type = VIDEO_TYPES.get(target.suffix.lower()) or mimetypes.guess_type(target.name)[0]
@@ -249,7 +265,8 @@ def create_app(engine: QueryEngine, token: str | None = None, media_roots: Seque
 
     media_path = "/streams/{stream_id}/media"
     api.add_api_route(media_path, media, methods=["GET"], response_class=FileResponse,
-                      summary="The stream's archived source (HTTP Range requests for seeking)",
+                      summary="The stream's archived source (HTTP Range requests for seeking), or a live "
+                              "stream's recording from a time (an MP4; X-Media-Start-S: its first frame's media time)",
                       responses={200: {"content": {"video/*": {}}}, 206: {"description": "a byte range"},
                                  307: {"description": "an http(s) source: its URL"},
                                  403: {"model": ErrorModel, "description": "a local file outside the server's "
@@ -395,13 +412,13 @@ def _streams(engine: QueryEngine, roots: list[Path]) -> list[StreamModel]:
             fps=entry.fps, duration_s=entry.duration_s, watermark_s=entry.watermark_s, frames=entry.frames,
             gaps=entry.gaps, complete=entry.complete, error=None if entry.error is None else redact_text(entry.error),
             latest_frame_id=latest_id, latest_pts_s=latest_pts,
-            media=latest_id is not None and _playable(entry, roots)))
+            media=latest_id is not None and _playable(engine.root, entry, roots)))
     return out
 
 
-def _playable(entry: StreamEntry, roots: list[Path]) -> bool:
+def _playable(root: IndexRoot, entry: StreamEntry, roots: list[Path]) -> bool:
     if entry.live:
-        return False
+        return bool(Recording(root, entry.stream_id).segments())
     return _under(Path(entry.uri), roots) if entry.protocol == "file" else _redirectable(entry)
 
 
@@ -426,9 +443,6 @@ def _media_target(entry: StreamEntry, roots: list[Path], has_frames: bool) -> Pa
     if not has_frames:
         raise KeyError(f"stream {name!r} has no committed frames: its source is not served"
                        + (f" (it failed: {redact_text(entry.error)})" if entry.error else ""))
-    if entry.live:
-        raise KeyError(f"stream {name!r} is a live {entry.protocol} source: there is no archived file to play; "
-                       "its latest frames are in /api/streams")
     if entry.protocol == "http" and _redirectable(entry):
         return entry.uri
     if entry.protocol != "file":
@@ -444,6 +458,30 @@ def _media_target(entry: StreamEntry, roots: list[Path], has_frames: bool) -> Pa
     if not path.is_file():
         raise KeyError(f"stream {name!r}: its source file {entry.uri} is no longer there")
     return path
+
+
+def _live_media(root: IndexRoot, entry: StreamEntry, start_s: float | None) -> tuple[Path, Clip]:
+    """A live stream's recording from `start_s` (default: its last LIVE_MEDIA_S), remuxed into an
+    MP4 in a temporary folder the caller deletes once it is sent. Only the root's recordings folder
+    is read. KeyError (404) when it has no recording; ValueError (400) for a time it does not hold."""
+    stream_id = entry.stream_id
+    recording = Recording(root, stream_id)
+    held = recording.held()
+    if not held:
+        raise KeyError(f"stream {stream_id!r} is a live {entry.protocol} source with no recording to play "
+                       "(index.retention.recording_s 0, or nothing recorded yet)")
+    if start_s is None:
+        start_s = max(held[0][0], held[-1][1] - LIVE_MEDIA_S)
+    end_s = min(start_s + LIVE_MEDIA_S, held[-1][1])
+    if not end_s > start_s:
+        raise ValueError(f"stream {stream_id!r}: start_s {start_s:.3f} is past its recording, which holds "
+                         + ", ".join(f"{a:.3f}..{b:.3f} s" for a, b in held))
+    folder = Path(tempfile.mkdtemp(prefix="vidx-live-media-"))
+    try:
+        return folder, cut_clip(folder / "recording.mp4", start_s, end_s, recording_dir=recording.directory)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -9,7 +9,8 @@ Every file and folder under an index root is named here and nowhere else:
     <root>/timeline/stream=<id>/    Parquet rows per commit     } data files: what the manifest lists;
     <root>/features/stream=<id>/    patch features per commit   } anything else there is a crashed
     <root>/vectors/                 FAISS shards, the ANN index } commit's leftover (`remove_uncommitted`)
-    <root>/monitor/                 standing queries, their state, alerts, clips, rings, webhook outbox
+    <root>/monitor/                 standing queries, their state, alerts, clips, webhook outbox
+    <root>/recordings/<id>/         a live source's recording: stream-copied segments with media-time sidecars
 
 It also holds the one file lock (an flock: the kernel releases it when its process dies, so a
 crash never leaves a root locked) and the one crash clean-up that the writer and the monitor
@@ -200,13 +201,19 @@ class IndexRoot:
     def clip_file(self, alert_id: str) -> Path:
         return self.clips_dir / f"{alert_id}.mp4"
 
+    # -- recordings of live sources (indexer/media/ring.py writes, indexer/media/recording.py reads) -----
     @property
-    def rings_dir(self) -> Path:
-        return self.monitor_dir / "ring"
+    def recordings_dir(self) -> Path:
+        """The only folder the HTTP API serves a live stream's media from."""
+        return self.path / "recordings"
 
-    def ring_dir(self, stream_id: str) -> Path:
-        """A live source's recent segments, recorded by its reader for the monitor's clips."""
-        return self.rings_dir / stream_id
+    def recording_dir(self, stream_id: str) -> Path:
+        """A live source's recording: `<seq>.ts` segments (stream copy) and `<seq>.json` sidecars,
+        written by its reader, kept as `index.retention.recording_s` / `recording_bytes` say; clips,
+        playback and recomputation read it."""
+        if not stream_id or "/" in stream_id or stream_id in (".", ".."):
+            raise ValueError(f"stream id {stream_id!r} cannot name a recording folder")
+        return self.recordings_dir / stream_id
 
     @property
     def outbox_dir(self) -> Path:

@@ -96,7 +96,7 @@ def test_ring_keeps_the_last_keep_s_of_media_in_contiguous_segments(live_ring):
 
 
 def test_clip_from_the_ring_is_a_stream_copy_of_the_range(live_ring, tmp_path):
-    clip = cut_clip(tmp_path / "clip.mp4", 6.3, 9.5, ring_dir=live_ring.directory)
+    clip = cut_clip(tmp_path / "clip.mp4", 6.3, 9.5, recording_dir=live_ring.directory)
     numbers, times = clip_frames(clip.path)
     check_frames(numbers, times)
     assert 6.3 * FPS - FPS <= numbers[0] <= 6.3 * FPS  # from the keyframe at or before the start (GOP: 1 s)
@@ -115,13 +115,13 @@ def test_a_restarted_reader_appends_and_a_clip_spans_both(live_ring, tmp_path):
     assert segments[-1].media_end_s >= second[-1].pts_s
     assert segments[-1].media_end_s - segments[0].media_start_s <= KEEP_S + SEGMENT_S + 0.1
     start, end = first[-1].pts_s - 2.0, first[-1].pts_s + 2.0
-    clip = cut_clip(tmp_path / "both.mp4", start, end, ring_dir=ring_dir)
+    clip = cut_clip(tmp_path / "both.mp4", start, end, recording_dir=ring_dir)
     numbers, times = clip_frames(clip.path)
     check_frames(numbers, times)  # no frame twice or missing across the restart
     assert start * FPS - FPS <= numbers[0] <= start * FPS and abs(numbers[-1] - end * FPS) <= 1
     assert clip.covered and not clip.reencoded
     # a range running past the ring's newest frame gives what there is, marked as not covered
-    partial = cut_clip(tmp_path / "partial.mp4", end, end + 30.0, ring_dir=ring_dir)
+    partial = cut_clip(tmp_path / "partial.mp4", end, end + 30.0, recording_dir=ring_dir)
     assert not partial.covered and partial.end_s == pytest.approx(segments[-1].media_end_s)
 
 
@@ -146,7 +146,7 @@ def test_clip_from_a_file(videos, tmp_path, suffix, reencoded):
 def test_errors_name_the_ring_or_the_file(live_ring, tmp_path):
     ring_dir = live_ring.directory
     with pytest.raises(ValueError, match=re.escape(str(ring_dir))):
-        cut_clip(tmp_path / "late.mp4", 100.0, 110.0, ring_dir=ring_dir)
+        cut_clip(tmp_path / "late.mp4", 100.0, 110.0, recording_dir=ring_dir)
     missing = tmp_path / "missing.mp4"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         cut_clip(tmp_path / "clip.mp4", 1.0, 2.0, source=str(missing))

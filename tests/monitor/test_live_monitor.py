@@ -38,9 +38,9 @@ def config(tmp_path_factory):
     return write_config(
         tiny_settings(work), work / "config.yaml",
         reader={"fps": 1.0, "read_timeout_s": 3.0, "reconnect_initial_s": 0.2, "give_up_after_s": 5.0},
-        index={"commit_interval_s": 0.5}, ingest={"reader_num_cpus": 0.25},
+        index={"commit_interval_s": 0.5, "retention": {"recording_segment_s": 1.0}}, ingest={"reader_num_cpus": 0.25},
         monitor={"evaluator": "tests.monitor.colour:ColourDetector", "poll_interval_s": 0.2, "clip_wait_s": 20.0,
-                 "ring_segment_s": 1.0, "pre_roll_s": 2.0, "post_roll_s": 2.0})
+                 "pre_roll_s": 2.0, "post_roll_s": 2.0})
 
 
 def vidx_watch(*args: str) -> None:
@@ -104,7 +104,7 @@ def test_planted_black_and_frozen_events_each_raise_one_alert_on_a_live_rtsp_str
     assert sorted(hook.events(SECRET)) == sorted((e, a.alert_id) for a in alerts.values()
                                                  for e in ("alert.opened", "alert.closed"))
     assert len({p.delivery for p in posts}) == len(posts) == 6
-    # the planted event's clip, cut from the live stream's ring of recent segments, decodes and covers it
+    # the planted event's clip, cut from the live stream's recording, decodes and covers it
     disc = by_kind["planted"]
     frames = clip_frames(root / disc.clip)
     assert disc.clip_covered and disc.clip_start_s <= disc.start_s and disc.clip_end_s >= disc.end_s

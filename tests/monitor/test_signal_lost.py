@@ -94,9 +94,9 @@ def test_an_rtsp_camera_down_for_20_s_raises_signal_lost_while_down_once_and_res
         tiny_settings(tmp_path), tmp_path / "config.yaml",
         reader={"fps": 1.0, "read_timeout_s": 2.0, "open_timeout_s": 5.0, "reconnect_initial_s": 0.2,
                 "reconnect_max_s": 2.0},   # give_up_after_s left at its default
-        index={"commit_interval_s": 0.5}, ingest={"reader_num_cpus": 0.25},
+        index={"commit_interval_s": 0.5, "retention": {"recording_s": 0.0}}, ingest={"reader_num_cpus": 0.25},
         monitor={"evaluator": "tests.monitor.colour:ColourDetector", "poll_interval_s": 0.2,
-                 "signal_lost_after_s": LOST_AFTER_S, "ring_s": 0.0})
+                 "signal_lost_after_s": LOST_AFTER_S})
     assert load_settings(config).reader.give_up_after_s is None
     video = make_video(tmp_path / "cam.ts", duration_s=180, fps=10, size=(160, 120), codec="libx264", gop=10)
     root = tmp_path / "index"

@@ -186,10 +186,17 @@ def test_the_page_shows_which_spans_went_without_context_and_why(recomputing, b_
 
 
 def test_a_live_source_without_a_recording_gives_a_reason_not_pictures(tmp_path):
-    from indexer.settings import ReaderOptions
+    """A live source's pictures are its recording (indexer/media/recording.py); with none on disk
+    the frames are unavailable with the reason named, which the answer reports (PicturesUnavailable)."""
+    from indexer.media.pictures import PicturesUnavailable
     from indexer.query.patch_features import pictures_for
+    from indexer.settings import ReaderOptions
     from indexer.store.manifest import StreamEntry
 
     live = StreamEntry(stream_id="cam", uri="rtsp://127.0.0.1:8554/cam", protocol="rtsp", live=True, fps=1.0)
-    reason = pictures_for(IndexRoot.at(tmp_path), live, ReaderOptions())
-    assert reason == "stream cam is a live rtsp source and the index keeps no recording of it to decode again"
+    pictures = pictures_for(IndexRoot.at(tmp_path), live, ReaderOptions())
+    with pytest.raises(PicturesUnavailable, match=r"stream cam: its recording \(.*\) holds nothing; 3\.000 s is not"):
+        pictures.frames_at([3.0])
+    other = StreamEntry(stream_id="feed", uri="rtmp://127.0.0.1:1935/feed", protocol="rtmp", live=False, fps=1.0)
+    reason = pictures_for(IndexRoot.at(tmp_path), other, ReaderOptions())
+    assert reason == "stream feed is a rtmp source and the index keeps no recording of it to decode again"

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 OWNER = REPO / "indexer" / "store" / "root.py"
 FILE_NAMES = ("manifest.json", "manifest.prev.json", "ingest-config.yaml", "source-uris.json", "writer.lock",
               "monitor.lock", "queries.lock", "queries.json", "state.json", "deliveries.jsonl")
-FOLDERS = ("monitor", "alerts", "clips", "ring", "outbox", "timeline", "features", "vectors")
+FOLDERS = ("monitor", "alerts", "clips", "recordings", "outbox", "timeline", "features", "vectors")
 FOLDER_IN_PATH = re.compile(r"(?:^|/)(" + "|".join(FOLDERS) + r")/")
 
 
@@ -94,7 +94,8 @@ def test_it_resolves_once_pickles_small_and_refuses_an_unresolved_path(tmp_path)
     root = IndexRoot.at(tmp_path / "link" / ".." / "link")
     assert root.path == (tmp_path / "real").resolve() and str(root) == str(root.path)
     assert pickle.loads(pickle.dumps(root)) == root and len(pickle.dumps(root)) < 200
-    assert root.ring_dir("cam").is_relative_to(root.monitor_dir) and root.outbox.is_relative_to(root.monitor_dir)
+    assert root.recording_dir("cam").is_relative_to(root.recordings_dir)
+    assert root.outbox.is_relative_to(root.monitor_dir)
     with pytest.raises(ValueError, match=r"IndexRoot\.at"):
         IndexRoot(Path("relative/index"))
 

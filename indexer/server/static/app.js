@@ -386,10 +386,20 @@ function play(streamId, start) {
     $("#player-caption").textContent = !stream.live && stream.protocol === "file"
       ? `${streamId} is a local file this server does not play: start it with --media-root DIR (the folder `
         + "that holds the file) to play it here."
-      : `${streamId} is a ${stream.live ? "live " : ""}${stream.protocol} source: there is no archived file to play.`;
+      : `${streamId} is a ${stream.live ? "live " : ""}${stream.protocol} source: `
+        + (stream.live ? "it has no recording to play (index.retention.recording_s)." : "there is no archived file to play.");
     return;
   }
   $("#player-caption").textContent = `${streamId} from ${clock(start)}`;
+  if (stream && stream.live) {
+    // a live stream plays its recording: an MP4 from the keyframe at or before `start`
+    video.dataset.stream = "";
+    video.addEventListener("loadedmetadata", () => video.play().catch(() => {}), { once: true });
+    video.src = withToken(`api/streams/${encodeURIComponent(streamId)}/media?start_s=${start}`);
+    video.dataset.start = start;
+    video.scrollIntoView({ block: "nearest" });
+    return;
+  }
   const seek = () => {
     video.currentTime = start;
     video.play().catch(() => {});  // a browser may refuse autoplay; the controls still work
