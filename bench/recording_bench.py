@@ -27,10 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_source
+from indexer.batches import SampledFrame
+from indexer.media import SourceReader, parse_source
 from indexer.media.recording import Recording
 from indexer.media.ring import SegmentRing
-from indexer.settings import RetentionSettings
+from indexer.settings import ReaderOptions, RetentionSettings
 from indexer.store.root import IndexRoot
 from tests.streams import hls_live
 

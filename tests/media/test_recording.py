@@ -14,11 +14,13 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from indexer.media import ReaderOptions, SampledFrame, SourceReader, parse_source
+from indexer.batches import SampledFrame
+from indexer.media import SourceReader, parse_source
 from indexer.media.clips import cut_clip
 from indexer.media.recording import Recording, RecordingUnavailable
 from indexer.media.ring import RingSegment, SegmentRing, ring_segments
 from indexer.server import create_app
+from indexer.settings import ReaderOptions
 from indexer.store.root import IndexRoot
 from tests.mediagen import read_frame_number
 from tests.server.fakes import FakeEngine, entry
