@@ -495,17 +495,19 @@ def make_spliced_ts(path: str | Path, *, duration_s: float = 12.0, fps: int = 25
     return path
 
 
-def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float = 6.0,
-                 resume_pts_s: float = 990.0, segment_s: int = 2) -> Path:
+def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float | None = 6.0,
+                 resume_pts_s: float = 990.0, segment_s: int = 2, first_pts_s: float = 0.0) -> Path:
     """A complete HLS playlist ``directory/vod.m3u8`` of ``segment_s`` MPEG-TS segments, frames
-    ``0..N-1`` with pts ``n / fps`` until ``splice_s``, then from ``resume_pts_s`` on after an
-    ``#EXT-X-DISCONTINUITY`` (as :func:`make_spliced_ts`). Returns the playlist's path."""
+    ``0..N-1`` with pts ``first_pts_s + n / fps`` until ``splice_s``, then from ``resume_pts_s`` on
+    after an ``#EXT-X-DISCONTINUITY`` (as :func:`make_spliced_ts`; ``splice_s=None``: no splice).
+    Returns the playlist's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         whole = make_video(Path(tmp) / "whole.ts", duration_s=duration_s, fps=fps, gop=fps)
-        parts = [_remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s),
-                 _remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s)]
+        parts = [_remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s, offset_s=first_pts_s)]
+        if splice_s is not None:
+            parts.append(_remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s))
         entries: list[list[str]] = []
         for name, part in zip("ab", parts):
             _run([
@@ -518,7 +520,10 @@ def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 
             entries.append([line for line in lines if line.startswith("#EXTINF") or line.endswith(".ts")])
     target = max(segment_s, 1)
     playlist = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target + 1}", "#EXT-X-MEDIA-SEQUENCE:0",
-                "#EXT-X-PLAYLIST-TYPE:VOD", *entries[0], "#EXT-X-DISCONTINUITY", *entries[1], "#EXT-X-ENDLIST"]
+                "#EXT-X-PLAYLIST-TYPE:VOD", *entries[0]]
+    for entry in entries[1:]:
+        playlist += ["#EXT-X-DISCONTINUITY", *entry]
+    playlist.append("#EXT-X-ENDLIST")
     path = directory / "vod.m3u8"
     path.write_text("\n".join(playlist) + "\n")
     return path

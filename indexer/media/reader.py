@@ -105,7 +105,8 @@ class SourceReader:
         self.decode_errors = 0
         self.last_frame_wall: float | None = None  # unix time the source last gave a frame (read by other threads)
         self._container: av.container.InputContainer | None = None
-        self._declared_end_s: float | None = None  # where a file's video says it ends (from its start)
+        self._declared_end_s: float | None = None  # where a file's video says it ends (media time)
+        self._zero_s = 0.0   # the raw time that media time 0 stands for (see `media_zero_s`)
         self._keyframe_gop_s: float | None = None  # the longest GOP seen when choosing keyframes only
         self._last_packet_s: float | None = None   # raw time of the last video packet demuxed
         self._seen: dict[int, np.ndarray] = {}     # live: raw ms -> fingerprint of the frames sampled lately
@@ -124,7 +125,9 @@ class SourceReader:
             container = self._open_container()
             stream = container.streams.video[0]  # the old stream object died with its container
         self._container = container
-        self._declared_end_s = None if live else _video_end_s(container, stream)
+        self._zero_s = media_zero_s(container, self.source.protocol, live)
+        declared = None if live else _video_end_s(container, stream)
+        self._declared_end_s = None if declared is None else declared + _start_s(container) - self._zero_s
         self._ring = self.ring if live else None  # an archived file can be cut from itself
         if self._ring is not None:
             self._ring.start(stream)
@@ -371,7 +374,7 @@ class SourceReader:
         source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
         PID) is followed. Ends early when `stop` is set."""
-        start = 0.0 if self.info.live else _start_s(container)
+        start = self._zero_s
         videos = [s for s in container.streams.video
                   if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic]
         video = container.streams.video[0]
@@ -524,7 +527,7 @@ class SourceReader:
 
     def _seek(self, time_s: float) -> None:
         container = self._container
-        target = int((time_s + _start_s(container)) * 1_000_000)
+        target = int((time_s + self._zero_s) * 1_000_000)
         try:
             container.seek(max(0, target - 1_000_000), backward=True)  # a second early: keyframe <= target
         except MEDIA_ERRORS as exc:
@@ -552,6 +555,14 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 def _start_s(container) -> float:
     return container.start_time / 1_000_000 if container.start_time is not None else 0.0
+
+
+def media_zero_s(container, protocol: str, live: bool) -> float:
+    """The raw time that media time 0 stands for. A file counts from its container's start (an
+    MP4 edit list, an MPEG-TS mux delay: its first frame is at 0). A live source and an HLS
+    playlist keep the stream's own clock: a live playlist that ends gets #EXT-X-ENDLIST and is
+    then read as a finished one (a rerun resumes it), and both reads must give the same times."""
+    return 0.0 if live or protocol == "hls" else _start_s(container)
 
 
 def _duration_s(container, stream) -> float | None:
@@ -599,4 +610,5 @@ def describe_media_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "scaled_size"]
+__all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "media_zero_s",
+           "scaled_size"]

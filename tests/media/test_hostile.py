@@ -88,6 +88,26 @@ def test_hls_ext_x_discontinuity_both_ways(tmp_path, resume_pts_s, gap, after):
     assert rows == [*frames(range(6)), gap, *after]
 
 
+def test_a_finished_hls_playlist_that_starts_late_keeps_the_streams_own_clock(tmp_path):
+    """As a live playlist is read (it ends with #EXT-X-ENDLIST, and a rerun then reads it finished):
+    the first frame at 10 s is sample 10 at pts 10.0, not sample 0 (before: counted from 0)."""
+    make_hls_vod(tmp_path / "www", splice_s=None, first_pts_s=10.0)
+    with http_files(tmp_path / "www") as base:
+        reader, rows = read_rows(f"{base}/vod.m3u8")
+    assert not reader.info.live
+    assert rows == frames(range(10, 22), number_of=lambda k: FPS * (k - 10))
+    assert reader.info.warnings == []   # its declared end is on the same clock: not "ends early"
+
+
+def test_a_finished_hls_playlist_that_starts_late_resumes_on_its_own_clock(tmp_path):
+    make_hls_vod(tmp_path / "www", splice_s=None, first_pts_s=10.0)
+    with http_files(tmp_path / "www") as base:
+        reader = SourceReader(parse_source(f"{base}/vod.m3u8"), ReaderOptions(fps=1.0, keyframes_only="never"),
+                              start_index=15)
+        rows = [(item.index, round(item.pts_s, 3), read_frame_number(item.image)) for item in reader.samples()]
+    assert rows == frames(range(15, 22), number_of=lambda k: FPS * (k - 10))
+
+
 def _damage_rows(src, start, end):
     """What a damaged H.264 file without B-frames must give: the frames before the first damaged
     packet, a gap from the last of them to the next keyframe after the damage, the frames from it
