@@ -98,8 +98,10 @@ def test_ctrl_c_once_every_source_ended_leaves_pending_webhooks_for_the_next_run
     assert "aborted" not in output
     assert "cam: 10 frames, 0 gaps, 10.0 s; done" in output, output[-3000:]
     deliveries = read_deliveries(root / MONITOR_DIR / "outbox")
-    # left for the next run, not dropped (the closing one waits for the event's clip, also left)
-    assert [(d.event, d.state) for d in deliveries] == [("alert.opened", "pending")]
+    # left for the next run, not dropped (the closing one exists once the event's clip is cut, which
+    # the Ctrl-C may have left for the next run too)
+    assert [d.event for d in deliveries] in (["alert.opened"], ["alert.opened", "alert.closed"])
+    assert {d.state for d in deliveries} == {"pending"}
 
 
 def test_planted_black_and_frozen_events_each_raise_one_alert_on_a_live_rtsp_stream(tmp_path, config):
