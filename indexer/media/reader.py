@@ -369,8 +369,9 @@ class SourceReader:
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame, int]]:
         """(raw seconds, frame, damaged packets skipped just before it) of the video; subtitle
         packets go to `subtitles`. After a packet that does not decode or a frame the decoder
-        flags corrupt (concealed), frames wait for the next keyframe (or `RESYNC_S` of media):
-        until then they are built on lost pictures. Too many damaged packets in a row fail the
+        flags corrupt (concealed), or a packet the demuxer flags corrupt (MPEG-TS packets lost in
+        transport), frames wait for the next keyframe (or `RESYNC_S` of media): until then they are
+        built on lost pictures. Too many damaged packets in a row fail the
         source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
         PID) is followed. Ends early when `stop` is set."""
@@ -389,6 +390,10 @@ class SourceReader:
         resync_until: float | None = None  # frames wait for a keyframe until this raw time ...
         damage_s = 0.0                     # ... from the first damaged packet's time on
         last_packet_s: float | None = None
+        suspect: set[int] = set()          # pts of packets damaged in transport: their pictures are dropped
+        # HLS segments come whole over HTTP, and packagers restart the continuity counters at a
+        # discontinuity (some at every segment), which FFmpeg flags as corrupt: no transport loss
+        transport_checked = self.source.protocol != "hls"
         waiting: dict[av.video.stream.VideoStream, list[av.Packet]] = {}  # other video streams' recent packets
         while not self.stop.is_set():
             try:
@@ -439,6 +444,18 @@ class SourceReader:
                 self._last_packet_s = last_packet_s
             if self._ring is not None:
                 self._ring.packet(packet)
+            if packet.is_corrupt and transport_checked:
+                # transport damage FFmpeg only flags (an MPEG-TS continuity counter error: packets
+                # lost; a PES packet of the wrong size): the decoder gives the picture and those
+                # built on it without an error, so they wait for the next keyframe like concealed ones
+                # (FFmpeg may flag the packet before the loss: the stretch starts a frame early)
+                at_s = packet_s if packet_s is not None else last_packet_s or 0.0
+                self._note_error(f"video packet at {at_s:.3f} s damaged in transport (data lost before it)")
+                damaged += 1
+                damage_s = damage_s if resync_until is not None else at_s
+                resync_until = at_s + RESYNC_S
+                if packet.pts is not None:
+                    suspect.add(packet.pts)
             if keyframes_only and not packet.is_keyframe and packet.size:
                 continue  # the decoder would drop it anyway (skip_frame); spare the call
             try:
@@ -454,6 +471,9 @@ class SourceReader:
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * frame.time_base) - start
+                if frame.pts in suspect:  # the picture of a packet damaged in transport (counted there)
+                    suspect.discard(frame.pts)
+                    continue
                 if frame.is_corrupt:  # decoded with errors, concealed from other pictures: damage too
                     self._note_error(f"concealed damage in the frame at {t:.3f} s")
                     damaged += 1
@@ -467,6 +487,7 @@ class SourceReader:
                     if not (frame.key_frame or t > resync_until):
                         continue
                     resync_until = None
+                    suspect.clear()
                 yield t, frame, damaged
                 damaged = 0
 
