@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -135,14 +136,14 @@ class FedSource:
 
 class Feeder:
     """Pushes what `capture` samples to `reader` (a `ReaderActor` made with `fed=True`) in a
-    thread, until the source ends or the reader is gone. Keeps what it pushed until the reader
-    reports it committed, and pushes it again when the reader refuses a push (it restarted)."""
+    thread, until the reader is gone (the driver kills it once its run returned). Keeps what it
+    pushed until the reader reports it committed, and pushes it again when the reader refuses a
+    push (it restarted), also after the source ended."""
 
     def __init__(self, capture: RemoteCapture, reader: ray.actor.ActorHandle):
         self.capture = capture
         self.reader = reader
         self.kept: deque[SampledFrame | Gap] = deque()   # pushed, not yet committed
-        self.replays = 0   # pushes of everything kept again, after the reader refused one
         self._thread = threading.Thread(target=self._run, name=f"feed {capture.source.stream_id}", daemon=True)
 
     def start(self) -> Feeder:
@@ -154,34 +155,38 @@ class Feeder:
 
     def _run(self) -> None:
         capture = self.capture
-        first, told_wall = True, None
+        first, told_wall, ended, error = True, None, False, None
         while True:
-            try:
-                items = capture.take(FEED_FRAMES, POLL_S)
-                ended = not items and capture.finished
-                error = capture.error.reason if ended and capture.error else None
-            except (EOFError, OSError) as exc:  # the capture process died: the stream fails, named
-                items, ended, error = [], True, f"capture process failed: {exc!r}"
-            if not (items or ended or first or capture.last_frame_wall != told_wall):  # liveness counts every frame
-                continue
+            if ended:  # told the reader; stay until it is gone (a restart before its last commit needs all again)
+                items = []
+                time.sleep(POLL_S)
+            else:
+                try:
+                    items = capture.take(FEED_FRAMES, POLL_S)
+                    ended = not items and capture.finished
+                    error = capture.error.reason if ended and capture.error else None
+                except (EOFError, OSError) as exc:  # the capture process died: the stream fails, named
+                    items, ended, error = [], True, f"capture process failed: {exc!r}"
+                if not (items or ended or first or capture.last_frame_wall != told_wall):  # liveness counts every frame
+                    continue
             self.kept.extend(items)
             try:
-                reply = ray.get(self.reader.feed.remote(Feed(capture.info, items, ended, error, capture.last_frame_wall,
-                                                             from_start=first)))
-                if not reply.accepted:
-                    logger.info("%s: the reader restarted; pushing the %d samples not yet committed again",
-                                redact_uri(capture.source.uri), len(self.kept))
-                    self.replays += 1
-                    reply = ray.get(self.reader.feed.remote(Feed(capture.info, list(self.kept), ended, error,
-                                                                 capture.last_frame_wall, from_start=True)))
+                reply = self._push(Feed(capture.info, items, ended, error, capture.last_frame_wall, from_start=first))
             except ray.exceptions.RayError as exc:  # the reader finished (killed) or failed: its run says why
-                logger.debug("%s: feeding stopped: %s", capture.source.uri, exc)
+                logger.debug("%s: feeding stopped: %s", redact_uri(capture.source.uri), exc)
                 return
             while self.kept and self.kept[0].index < reply.committed_index:
                 self.kept.popleft()
             first, told_wall = False, capture.last_frame_wall
-            if ended:
-                return
+
+    def _push(self, feed: Feed) -> FeedReply:
+        reply = ray.get(self.reader.feed.remote(feed))
+        if reply.accepted:
+            return reply
+        logger.info("%s: the reader restarted; pushing the %d samples not yet committed again",
+                    redact_uri(self.capture.source.uri), len(self.kept))
+        return ray.get(self.reader.feed.remote(Feed(feed.info, list(self.kept), feed.ended, feed.error,
+                                                    feed.last_frame_wall, from_start=True)))
 
 
 __all__ = ["FedSource", "Feed", "FeedReply", "Feeder"]
