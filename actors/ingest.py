@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,7 +109,8 @@ def run_ingest(sources: list[str], root: IndexRoot, settings: Settings, address:
                                  progress, plan)
     finally:
         if capturing:
-            capturing.close()
+            with StopRequest("finishing: closing the live captures"):  # a Ctrl-C here has nothing left to stop
+                capturing.close()
     order = {sid: i for i, sid in enumerate(ids)}
     summary.streams.sort(key=lambda s: order.get(s.stream_id, 0))
     summary.wall_s = time.monotonic() - started
@@ -149,43 +151,51 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
     feeders = [Feeder(captures[s.stream_id], reader).start() for s, reader in zip(parsed, readers) if fed[s.stream_id]]
     summary = IngestSummary(str(root))
     bars = _ProgressBars(parsed, enabled=progress)
+    stop = StopRequest("stopping: finishing the current batches and committing")
     try:
         ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
         ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
         root.save_settings(settings)
         runs = {reader.run.remote(): reader for reader in readers}
-        stop = _StopRequest()
         pending = list(runs)
-        with stop:
+        with stop:  # to the last commit: a Ctrl-C once every source ended stops nothing and loses nothing
             while pending:
                 done, pending = ray.wait(pending, timeout=0.5)
                 for ref in done:
                     summary.streams.append(ray.get(ref))
                     ray.kill(runs[ref], no_restart=True)  # frees its CPUs for sources still waiting
-                if stop.requested and not summary.interrupted:
+                if stop.requested and pending and not summary.interrupted:
                     summary.interrupted = True
                     ray.get([runs[ref].stop.remote() for ref in pending])   # the others are done (and killed)
                 bars.update(ray.get(writer.progress.remote()))
-        ray.get(writer.close.remote())
+            ray.get(writer.close.remote())
         summary.committed = {sid: entry.frames - plan.frames_before.get(sid, 0)
                              for sid, entry in read_manifest(root).streams.items()}
     finally:
-        bars.close()
-        for actor in [*readers, *encoders, writer]:
-            ray.kill(actor, no_restart=True)
-        for feeder in feeders:
-            feeder.join(FEEDER_JOIN_S)
+        with StopRequest("finishing: stopping the actors"):  # they go either way; nothing is left to stop
+            bars.close()
+            for actor in [*readers, *encoders, writer]:
+                ray.kill(actor, no_restart=True)
+            for feeder in feeders:
+                feeder.join(FEEDER_JOIN_S)
     return summary
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag instead of killing the driver mid-commit."""
+class StopRequest:
+    """While entered, SIGINT/SIGTERM set `event` (and log `notice`) instead of raising
+    KeyboardInterrupt mid-commit; a second one raises it (exit 130: the user wants out now).
+    Outside, Ctrl-C aborts (e.g. while Ray starts: nothing is waited for)."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, notice: str):
+        self.notice = notice
+        self.event = threading.Event()
         self._previous = {}
 
-    def __enter__(self):
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -196,12 +206,13 @@ class _StopRequest:
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: stop waiting
             raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("stopping: finishing the current batches and committing (Ctrl-C again to abort)")
+        self.event.set()
+        logger.warning("%s (Ctrl-C again to abort)", self.notice)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
         return False
 
 

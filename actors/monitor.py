@@ -6,7 +6,9 @@ evaluated on every commit, alerts printed as they fire.
 
 `vidx monitor` runs the same `run_monitor`. With no SOURCE it only watches an index that another
 process ingests. Ctrl-C or SIGTERM stops ingestion (which commits), evaluates what was committed,
-and exits; open events stay open in the monitor state and go on at the next run."""
+and exits (0); open events stay open in the monitor state and go on at the next run. Once every
+source ended, a Ctrl-C ends the wait for clips and webhook deliveries (they go on at the next
+run) and exits 0 as well; a second Ctrl-C aborts (130)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from actors.arguments import (
     settings_from_args,
     show_progress,
 )
-from actors.ingest import IngestSummary, run_ingest
+from actors.ingest import IngestSummary, StopRequest, run_ingest
+from indexer.console import plural
 from indexer.monitor.alerts import Alert, alert_line
 from indexer.monitor.monitor import Monitor
 from indexer.monitor.queries import QueryStore
@@ -60,10 +63,19 @@ def run_monitor(sources: list[str], root: IndexRoot, settings: Settings, address
         else:
             _wait_for_signal(stop)
     finally:
-        stop.set()
-        thread.join()
-        monitor.drain(DRAIN_S)
-        monitor.close()
+        # every source ended (or was stopped, committed): a Ctrl-C now only cuts short the wait for
+        # clips and webhooks, which stay pending in the state and the outbox for the next run. So
+        # nothing is lost, and the exit code is what `vidx ingest` gives after a Ctrl-C that
+        # committed: 0 (130 only for a second Ctrl-C, which leaves at once)
+        with StopRequest("finishing: leaving pending clips and webhook deliveries for the next run") as hurry:
+            stop.set()
+            thread.join()   # the last evaluation of what was committed
+            clips, deliveries = monitor.pending_work()
+            if (clips or deliveries) and not hurry.requested:
+                logger.warning("waiting up to %.0f s for %s and %s (Ctrl-C leaves them for the next run)", DRAIN_S,
+                               plural(clips, "clip"), plural(deliveries, "webhook delivery", "webhook deliveries"))
+            monitor.drain(DRAIN_S, hurry.event)
+            monitor.close()
         if stats is not None:
             stats.update(monitor.stats)
     return summary

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.feed import FedSource, Feed
+from actors.feed import FedSource, Feed, FeedReply
 from indexer.batches import FrameBatch, Gap, SampledFrame, SourceInfo
 from indexer.media.reader import SourceReader
 from indexer.media.ring import SegmentRing
@@ -86,10 +86,11 @@ class ReaderActor:
         self._fed = FedSource(source, self._stop) if fed else None
         self._source_reader: SourceReader | FedSource | None = None
         self._asked_at: float | None = None   # unix time the pump asked the source reader for more; None: busy
+        self._committed_index = 0   # samples of this stream below it are committed (what a feeder may forget)
 
-    def feed(self, feed: Feed) -> None:
+    def feed(self, feed: Feed) -> FeedReply:
         """The next samples of a source the driver reads (waits while the reader is behind)."""
-        self._fed.put(feed)
+        return FeedReply(self._fed.put(feed), self._committed_index)
 
     def stop(self) -> None:
         """Finish the current batch, commit, and return from `run` (Ctrl-C, `ray job stop`): the
@@ -111,6 +112,7 @@ class ReaderActor:
             return summary
         summary.live, summary.duration_s = info.live, info.duration_s
         entry, start_index = ray.get(self.writer.open_stream.remote(info, options.fps, self.source.protocol))
+        self._committed_index = entry.next_index
         if entry.complete and not info.live:
             reader.close()
             return summary
@@ -141,6 +143,8 @@ class ReaderActor:
                 self._inflight.clear()
                 self._retained.clear()
                 start_index = rewind.index
+                if self._fed is not None:  # the driver's feeder still keeps what is not committed
+                    self._fed.forget()
                 reader = self._reader()
                 info = reader.open()
             except SourceError as exc:
@@ -256,6 +260,7 @@ class ReaderActor:
             self._forget_committed(result.committed_index)
 
     def _forget_committed(self, committed_index: int) -> None:
+        self._committed_index = max(self._committed_index, committed_index)
         while self._retained and self._retained[0].next_index <= committed_index and \
                 self._retained[0] not in self._inflight:
             self._retained.popleft()

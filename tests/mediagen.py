@@ -42,6 +42,7 @@ __all__ = [
     "make_non_video",
     "make_resolution_change_ts",
     "make_spliced_ts",
+    "make_ts_with_lost_packets",
     "make_truncated",
     "make_unsupported_codec",
     "make_vfr_video",
@@ -495,17 +496,46 @@ def make_spliced_ts(path: str | Path, *, duration_s: float = 12.0, fps: int = 25
     return path
 
 
-def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float = 6.0,
-                 resume_pts_s: float = 990.0, segment_s: int = 2) -> Path:
+TS_PACKET = 188
+
+
+def make_ts_with_lost_packets(path: str | Path, *, duration_s: float = 12.0, fps: int = 25, frame: int = 160,
+                              lost: int = 2, from_start: bool = False) -> Path:
+    """H.264 in MPEG-TS (frames ``0..N-1`` at pts ``n / fps``, a keyframe every second, no
+    B-frames: one PES packet per frame, in display order) with ``lost`` 188-byte transport
+    packets of the video cut out, as a lossy network drops them: the packets just after the start
+    of frame ``frame``'s PES packet, or (``from_start``) from its first one on. The picture has
+    light noise, so that a frame spans several transport packets (the bare pattern needs one)."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_video(Path(tmp) / "whole.ts", duration_s=duration_s, fps=fps, gop=fps,
+                          extra_args=["-vf", "noise=alls=10:allf=t+u"]).read_bytes()
+    packets = [data[i:i + TS_PACKET] for i in range(0, len(data), TS_PACKET)]
+    assert all(p[0] == 0x47 for p in packets), "not 188-byte MPEG-TS packets"
+    pid = [((p[1] & 0x1F) << 8) | p[2] for p in packets]
+    video_pid = 0x100  # FFmpeg's first elementary stream
+    starts = [i for i, p in enumerate(packets) if pid[i] == video_pid and p[1] & 0x40]  # payload_unit_start
+    assert len(starts) == round(duration_s * fps), (len(starts), "PES packets: one per frame expected")
+    first = starts[frame] if from_start else starts[frame] + 1
+    ours = [i for i in range(first, len(packets)) if pid[i] == video_pid][:lost]
+    assert from_start or ours[-1] < starts[frame + 1], f"frame {frame}'s PES packet is too short to lose {lost}"
+    path.write_bytes(b"".join(p for i, p in enumerate(packets) if i not in set(ours)))
+    return path
+
+
+def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 25, splice_s: float | None = 6.0,
+                 resume_pts_s: float = 990.0, segment_s: int = 2, first_pts_s: float = 0.0) -> Path:
     """A complete HLS playlist ``directory/vod.m3u8`` of ``segment_s`` MPEG-TS segments, frames
-    ``0..N-1`` with pts ``n / fps`` until ``splice_s``, then from ``resume_pts_s`` on after an
-    ``#EXT-X-DISCONTINUITY`` (as :func:`make_spliced_ts`). Returns the playlist's path."""
+    ``0..N-1`` with pts ``first_pts_s + n / fps`` until ``splice_s``, then from ``resume_pts_s`` on
+    after an ``#EXT-X-DISCONTINUITY`` (as :func:`make_spliced_ts`; ``splice_s=None``: no splice).
+    Returns the playlist's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         whole = make_video(Path(tmp) / "whole.ts", duration_s=duration_s, fps=fps, gop=fps)
-        parts = [_remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s),
-                 _remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s)]
+        parts = [_remux_ts(whole, Path(tmp) / "a.ts", duration_s=splice_s, offset_s=first_pts_s)]
+        if splice_s is not None:
+            parts.append(_remux_ts(whole, Path(tmp) / "b.ts", start_s=splice_s, offset_s=resume_pts_s))
         entries: list[list[str]] = []
         for name, part in zip("ab", parts):
             _run([
@@ -518,7 +548,10 @@ def make_hls_vod(directory: str | Path, *, duration_s: float = 12.0, fps: int = 
             entries.append([line for line in lines if line.startswith("#EXTINF") or line.endswith(".ts")])
     target = max(segment_s, 1)
     playlist = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target + 1}", "#EXT-X-MEDIA-SEQUENCE:0",
-                "#EXT-X-PLAYLIST-TYPE:VOD", *entries[0], "#EXT-X-DISCONTINUITY", *entries[1], "#EXT-X-ENDLIST"]
+                "#EXT-X-PLAYLIST-TYPE:VOD", *entries[0]]
+    for entry in entries[1:]:
+        playlist += ["#EXT-X-DISCONTINUITY", *entry]
+    playlist.append("#EXT-X-ENDLIST")
     path = directory / "vod.m3u8"
     path.write_text("\n".join(playlist) + "\n")
     return path

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import av
 
-from indexer.media.reader import describe_media_error
+from indexer.media.reader import describe_media_error, media_zero_s
 from indexer.media.ring import RingSegment, ring_segments
+from indexer.media.source import parse_source
 from indexer.store.files import TMP_SUFFIX, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,7 @@ class _FileInput:
         self.name = f"source {source}"
         self._container = _open(source)
         self.template = self._container.streams.video[0]
-        start = self._container.start_time
-        self._zero_s = start / 1_000_000 if start is not None else 0.0  # media time 0, as the reader counts it
+        self._zero_s = media_zero_s(self._container, parse_source(source).protocol, live=False)  # as the reader counts
         try:
             target_s = max(0.0, start_s - SEEK_MARGIN_S) + self._zero_s
             self._container.seek(int(target_s / self.template.time_base), stream=self.template, backward=True)

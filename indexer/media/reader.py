@@ -69,7 +69,8 @@ class SourceReader:
         self.decode_errors = 0
         self.last_frame_wall: float | None = None  # unix time the source last gave a frame (read by other threads)
         self._container: av.container.InputContainer | None = None
-        self._declared_end_s: float | None = None  # where a file's video says it ends (from its start)
+        self._declared_end_s: float | None = None  # where a file's video says it ends (media time)
+        self._zero_s = 0.0   # the raw time that media time 0 stands for (see `media_zero_s`)
         self._keyframe_gop_s: float | None = None  # the longest GOP seen when choosing keyframes only
         self._last_packet_s: float | None = None   # raw time of the last video packet demuxed
         self._seen: dict[int, np.ndarray] = {}     # live: raw ms -> fingerprint of the frames sampled lately
@@ -88,7 +89,9 @@ class SourceReader:
             container = self._open_container()
             stream = container.streams.video[0]  # the old stream object died with its container
         self._container = container
-        self._declared_end_s = None if live else _video_end_s(container, stream)
+        self._zero_s = media_zero_s(container, self.source.protocol, live)
+        declared = None if live else _video_end_s(container, stream)
+        self._declared_end_s = None if declared is None else declared + media_start_s(container) - self._zero_s
         self._ring = self.ring if live else None  # an archived file can be cut from itself
         if self._ring is not None:
             self._ring.start(stream)
@@ -330,12 +333,13 @@ class SourceReader:
     def _frames(self, container, subtitles: SubtitleTrack) -> Iterator[tuple[float, av.VideoFrame, int]]:
         """(raw seconds, frame, damaged packets skipped just before it) of the video; subtitle
         packets go to `subtitles`. After a packet that does not decode or a frame the decoder
-        flags corrupt (concealed), frames wait for the next keyframe (or `RESYNC_S` of media):
-        until then they are built on lost pictures. Too many damaged packets in a row fail the
+        flags corrupt (concealed), or a packet the demuxer flags corrupt (MPEG-TS packets lost in
+        transport), frames wait for the next keyframe (or `RESYNC_S` of media): until then they are
+        built on lost pictures. Too many damaged packets in a row fail the
         source. In formats whose programs may change (MPEG-TS, HLS)
         a video stream that takes over from the one being decoded (another codec, another
         PID) is followed. Ends early when `stop` is set."""
-        start = 0.0 if self.info.live else media_start_s(container)
+        start = self._zero_s
         videos = [s for s in container.streams.video
                   if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic]
         video = container.streams.video[0]
@@ -350,6 +354,10 @@ class SourceReader:
         resync_until: float | None = None  # frames wait for a keyframe until this raw time ...
         damage_s = 0.0                     # ... from the first damaged packet's time on
         last_packet_s: float | None = None
+        suspect: set[int] = set()          # pts of packets damaged in transport: their pictures are dropped
+        # HLS segments come whole over HTTP, and packagers restart the continuity counters at a
+        # discontinuity (some at every segment), which FFmpeg flags as corrupt: no transport loss
+        transport_checked = self.source.protocol != "hls"
         waiting: dict[av.video.stream.VideoStream, list[av.Packet]] = {}  # other video streams' recent packets
         while not self.stop.is_set():
             try:
@@ -400,6 +408,18 @@ class SourceReader:
                 self._last_packet_s = last_packet_s
             if self._ring is not None:
                 self._ring.packet(packet)
+            if packet.is_corrupt and transport_checked:
+                # transport damage FFmpeg only flags (an MPEG-TS continuity counter error: packets
+                # lost; a PES packet of the wrong size): the decoder gives the picture and those
+                # built on it without an error, so they wait for the next keyframe like concealed ones
+                # (FFmpeg may flag the packet before the loss: the stretch starts a frame early)
+                at_s = packet_s if packet_s is not None else last_packet_s or 0.0
+                self._note_error(f"video packet at {at_s:.3f} s damaged in transport (data lost before it)")
+                damaged += 1
+                damage_s = damage_s if resync_until is not None else at_s
+                resync_until = at_s + RESYNC_S
+                if packet.pts is not None:
+                    suspect.add(packet.pts)
             if keyframes_only and not packet.is_keyframe and packet.size:
                 continue  # the decoder would drop it anyway (skip_frame); spare the call
             try:
@@ -415,6 +435,9 @@ class SourceReader:
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * frame.time_base) - start
+                if frame.pts in suspect:  # the picture of a packet damaged in transport (counted there)
+                    suspect.discard(frame.pts)
+                    continue
                 if frame.is_corrupt:  # decoded with errors, concealed from other pictures: damage too
                     self._note_error(f"concealed damage in the frame at {t:.3f} s")
                     damaged += 1
@@ -428,6 +451,7 @@ class SourceReader:
                     if not (frame.key_frame or t > resync_until):
                         continue
                     resync_until = None
+                    suspect.clear()
                 yield t, frame, damaged
                 damaged = 0
 
@@ -486,7 +510,7 @@ class SourceReader:
 
     def _seek(self, time_s: float) -> None:
         container = self._container
-        target = int((time_s + media_start_s(container)) * 1_000_000)
+        target = int((time_s + self._zero_s) * 1_000_000)
         try:
             container.seek(max(0, target - 1_000_000), backward=True)  # a second early: keyframe <= target
         except MEDIA_ERRORS as exc:
@@ -523,6 +547,14 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the shorter side = short_side, aspect kept, even sizes."""
     scale = short_side / min(width, height)
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def media_zero_s(container, protocol: str, live: bool) -> float:
+    """The raw time that media time 0 stands for. A file counts from its container's start (an
+    MP4 edit list, an MPEG-TS mux delay: its first frame is at 0). A live source and an HLS
+    playlist keep the stream's own clock: a live playlist that ends gets #EXT-X-ENDLIST and is
+    then read as a finished one (a rerun resumes it), and both reads must give the same times."""
+    return 0.0 if live or protocol == "hls" else media_start_s(container)
 
 
 def _duration_s(container, stream) -> float | None:
@@ -571,4 +603,4 @@ def describe_media_error(exc: BaseException) -> str:
 
 
 __all__ = ["MEDIA_ERRORS", "Gap", "SampledFrame", "SourceInfo", "SourceReader", "describe_media_error", "frame_image",
-           "media_start_s", "scaled_size"]
+           "media_start_s", "media_zero_s", "scaled_size"]

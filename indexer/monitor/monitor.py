@@ -36,6 +36,7 @@ from indexer.store.manifest import Manifest, StreamEntry, read_manifest
 from indexer.store.root import IndexRoot
 
 logger = logging.getLogger(__name__)
+HURRY_CHECK_S = 0.2  # how often a wait for webhook deliveries looks whether it should end
 
 
 class Monitor:
@@ -91,13 +92,23 @@ class Monitor:
                 return
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
-    def drain(self, timeout_s: float) -> None:
-        """Wait (up to timeout_s) for pending clips and webhook deliveries, e.g. before exiting."""
+    def drain(self, timeout_s: float, hurry: threading.Event | None = None) -> None:
+        """Wait (up to timeout_s, or until `hurry` is set) for pending clips and webhook deliveries,
+        e.g. before exiting. What is still pending then stays so (in the state, in the outbox) for
+        the next run."""
+        hurry = hurry or threading.Event()
         deadline = time.monotonic() + timeout_s
-        while self.state.pending and time.monotonic() < deadline:
-            time.sleep(self.settings.monitor.poll_interval_s)
+        poll_s = self.settings.monitor.poll_interval_s
+        while self.state.pending and time.monotonic() < deadline and not hurry.wait(poll_s):
             self.poll()
-        self.sender.wait_idle(max(0.0, deadline - time.monotonic()))
+        while not hurry.is_set():
+            left_s = deadline - time.monotonic()
+            if self.sender.wait_idle(min(HURRY_CHECK_S, max(0.0, left_s))) or left_s <= 0:
+                break
+
+    def pending_work(self) -> tuple[int, int]:
+        """(clips, webhook deliveries) not yet done."""
+        return len(self.state.pending), len(self.sender.deliveries("pending"))
 
     def close(self) -> None:
         self.sender.stop()

@@ -1,6 +1,9 @@
 """Start at once: `python -m actors.ingest` reads a live source from the moment it starts, while
-Ray and the models load, and the index holds every sample time from then on, once."""
+Ray and the models load, and the index holds every sample time from then on, once; also when
+the reader it feeds dies and restarts."""
 
+import os
+import signal
 import time
 
 import pytest
@@ -9,7 +12,7 @@ import ray
 from actors.ingest import run_ingest
 from indexer.store import IndexReader
 from indexer.store.root import IndexRoot
-from tests.actors.jobs import kill_tree, start_ingest, summary_frames, write_config
+from tests.actors.jobs import committed, kill_tree, own_pids, start_ingest, summary_frames, wait_for, write_config
 from tests.actors.test_ingest import FPS, check_index, settings  # noqa: F401  (fixture)
 from tests.mediagen import make_video
 from tests.streams import hls_live
@@ -58,3 +61,36 @@ def test_a_rerun_with_nothing_left_does_not_start_ray(tmp_path, settings):  # no
     assert not ray.is_initialized()
     assert [(s.frames_sent, s.error) for s in again.streams] == [(0, None)]
     assert IndexReader(IndexRoot.at(root)).manifest.next_frame_id == 2
+
+
+@pytest.mark.slow
+def test_a_fed_reader_killed_mid_stream_gets_back_the_samples_it_held(tmp_path, settings):  # noqa: F811
+    """The writer is paused (SIGSTOP) so that the reader holds pushed samples it cannot send on,
+    then the reader is SIGKILLed and Ray restarts it: the feeder pushes what was not committed
+    again, and the live stream's timeline is every sample time once to the end, with no hole
+    (before: the samples the dead reader held were missing, with no gap row)."""
+    fps = 2
+    config = write_config(settings, tmp_path / "config.yaml", reader={"fps": float(fps)})
+    root, log = tmp_path / "index", tmp_path / "ingest.log"
+    duration_s = 40
+    with hls_live(duration_s=duration_s, fps=FPS, size=(160, 120)) as (url, _):
+        driver = start_ingest([f"live={url}", "--index", str(root), "--config", str(config)], log)
+        try:
+            wait_for(lambda: committed(root, "live") >= 4, 180, "the first live frames committed", driver, log)
+            writers, readers = own_pids("ray::WriterActor"), own_pids("ray::ReaderActor")
+            assert len(writers) == len(readers) == 1, (writers, readers)
+            os.kill(writers[0], signal.SIGSTOP)
+            try:
+                time.sleep(6.0)  # 12 samples arrive: the reader waits on an append and holds what is pushed
+                os.kill(readers[0], signal.SIGKILL)
+            finally:
+                os.kill(writers[0], signal.SIGCONT)
+            assert driver.wait(timeout=240) == 0, log.read_text(errors="replace")[-3000:]
+        finally:
+            kill_tree(driver)
+    check_index(IndexRoot.at(root))  # once per sample time
+    rows = IndexReader(IndexRoot.at(root)).timeline("live").to_pylist()
+    # nothing was lost, so no gap but the stream's end
+    assert [r["reason"] for r in rows if r["kind"] != "frame"] == ["gave up: stream ended"]
+    indices = sorted(r["sample_index"] for r in rows if r["kind"] == "frame")
+    assert indices == list(range(indices[0], duration_s * fps)), indices   # none lost, none twice, to the end

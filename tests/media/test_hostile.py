@@ -19,6 +19,7 @@ from tests.mediagen import (
     make_hls_vod,
     make_resolution_change_ts,
     make_spliced_ts,
+    make_ts_with_lost_packets,
     make_truncated,
     make_video,
     read_frame_number,
@@ -81,6 +82,43 @@ def test_hls_ext_x_discontinuity_both_ways(tmp_path, resume_pts_s, gap, after):
         reader, rows = read_rows(f"{base}/vod.m3u8", keyframes_only="never")
     assert not reader.info.live
     assert rows == [*frames(range(6)), gap, *after]
+
+
+def test_a_finished_hls_playlist_that_starts_late_keeps_the_streams_own_clock(tmp_path):
+    """As a live playlist is read (it ends with #EXT-X-ENDLIST, and a rerun then reads it finished):
+    the first frame at 10 s is sample 10 at pts 10.0, not sample 0 (before: counted from 0)."""
+    make_hls_vod(tmp_path / "www", splice_s=None, first_pts_s=10.0)
+    with http_files(tmp_path / "www") as base:
+        reader, rows = read_rows(f"{base}/vod.m3u8")
+    assert not reader.info.live
+    assert rows == frames(range(10, 22), number_of=lambda k: FPS * (k - 10))
+    assert reader.info.warnings == []   # its declared end is on the same clock: not "ends early"
+
+
+def test_a_finished_hls_playlist_that_starts_late_resumes_on_its_own_clock(tmp_path):
+    make_hls_vod(tmp_path / "www", splice_s=None, first_pts_s=10.0)
+    with http_files(tmp_path / "www") as base:
+        reader = SourceReader(parse_source(f"{base}/vod.m3u8"), ReaderOptions(fps=1.0, keyframes_only="never"),
+                              start_index=15)
+        rows = [(item.index, round(item.pts_s, 3), read_frame_number(item.image)) for item in reader.samples()]
+    assert rows == frames(range(15, 22), number_of=lambda k: FPS * (k - 10))
+
+
+@pytest.mark.parametrize("frame,lost,gap", [
+    # a keyframe's first transport packet: before, sample 6 silently showed frame 149 (5.96 s)
+    (150, 1, (5.88, 7.0, "undecodable: 1 damaged packet skipped")),
+    # a P-frame's first two: before, no word at all (the sample times around it came out right)
+    (160, 2, (6.28, 7.0, "undecodable: 1 damaged packet skipped")),
+], ids=["keyframe", "p-frame"])
+def test_mpeg_ts_packets_lost_in_transport_are_a_gap_and_a_warning(tmp_path, frame, lost, gap):
+    """FFmpeg flags the packet the loss damaged (continuity counter error, PES size mismatch) and
+    decodes on without an error: the pictures from there to the next keyframe are skipped and
+    told, as for any damaged stretch."""
+    path = make_ts_with_lost_packets(tmp_path / "lossy.ts", frame=frame, lost=lost, from_start=True)
+    reader, rows = read_rows(path)
+    assert rows == [*frames(k for k in range(12) if k < gap[0]), gap, *frames(range(7, 12))]
+    assert reader.info.warnings == [f"undecodable {gap[0]:.3f}-{gap[1]:.3f} s skipped (1 damaged packet)"]
+    assert any("damaged in transport" in e for e in reader.info.errors), reader.info.errors
 
 
 def _damage_rows(src, start, end):

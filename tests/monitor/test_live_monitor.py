@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from indexer.monitor.alerts import AlertLog
+from indexer.monitor.webhooks import read_deliveries
 from indexer.store.root import IndexRoot
 from tests.actors.jobs import REPO, driver_env, kill_tree, wait_for, write_config
 from tests.indexes import tiny_settings
@@ -71,6 +73,35 @@ def stop(proc: subprocess.Popen, log) -> str:
 def clip_frames(path) -> list[tuple[float, np.ndarray]]:
     with av.open(str(path)) as clip:
         return [(f.time, f.to_ndarray(format="rgb24")) for f in clip.decode(video=0)]
+
+
+def test_ctrl_c_once_every_source_ended_leaves_pending_webhooks_for_the_next_run_and_exits_0(tmp_path, config):
+    """The file ended and was indexed whole; its alert's webhooks retry against a receiver that is
+    down, so the monitor waits for them before exiting. A Ctrl-C then loses nothing (the deliveries
+    stay pending in the outbox for the next run): exit 0, as `vidx ingest` after a Ctrl-C that
+    committed (before: KeyboardInterrupt mid-wait, "aborted", exit 130)."""
+    video = make_scene_video(tmp_path / "scenes.mp4", 10.0, {"black": (3.0, 7.0)}, fps=FPS)
+    root = tmp_path / "index"
+    root.mkdir()
+    log = tmp_path / "monitor.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        hook = f"http://127.0.0.1:{s.getsockname()[1]}/hook"   # nothing listens there once closed
+    vidx_watch("add", str(root), "--rule", "black", "--id", "dark", "--webhook", hook, "--allow-private")
+    proc = start_monitor(f"cam={video}", root, config, log)
+    try:
+        wait_for(lambda: "(Ctrl-C leaves them for the next run)" in log.read_text(errors="replace"), 240,
+                 "the monitor waiting for webhook deliveries", proc, log)
+    finally:
+        output = stop(proc, log)   # asserts exit 0
+    assert "finishing: leaving pending clips and webhook deliveries for the next run" in output, output[-3000:]
+    assert "aborted" not in output
+    assert "cam: 10 frames, 0 gaps, 10.0 s; done" in output, output[-3000:]
+    deliveries = read_deliveries(IndexRoot.at(root).outbox)
+    # left for the next run, not dropped (the closing one exists once the event's clip is cut, which
+    # the Ctrl-C may have left for the next run too)
+    assert [d.event for d in deliveries] in (["alert.opened"], ["alert.opened", "alert.closed"])
+    assert {d.state for d in deliveries} == {"pending"}
 
 
 def test_planted_black_and_frozen_events_each_raise_one_alert_on_a_live_rtsp_stream(tmp_path, config):
