@@ -82,7 +82,7 @@ class EncoderWatch:
                            "for one to join", _resources(self.demand), self.wait_s)
         if now - self._since >= self.wait_s:
             raise ClusterError(f"no live Ray node can host the encoders ({_resources(self.demand)}) for "
-                               f"{self.wait_s:.0f} s (ingest.node_wait_s): committed what was encoded and stopped; "
+                               f"{self.wait_s:.0f} s (ingest.node_wait_s): stopped after committing what was encoded; "
                                "run the same command again once the cluster has such a node (it resumes where this "
                                "one stopped)")
 

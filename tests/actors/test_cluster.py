@@ -40,9 +40,10 @@ from tests.streams import hls_live, http_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-# the GCS declares a node dead after about a second of failed health checks (Ray's default: ~30 s)
-FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
-                   "RAY_health_check_failure_threshold": "2"}
+# the GCS declares a node dead after about 5 s of failed health checks (Ray's default: 15-30 s); lenient
+# enough that a live raylet on a busy machine does not miss them all
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
+                   "RAY_health_check_failure_threshold": "4"}
 
 
 class TwoNodes:
@@ -206,3 +207,35 @@ def test_a_worker_node_dying_mid_ingest_stops_with_an_error_and_a_rerun_complete
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
     assert summary_frames(rerun.stdout) == {"long": 240 - before}
     assert check_index(root, {"long": 240}).manifest.streams["long"].complete  # every sample once
+
+
+def test_a_worker_node_dying_mid_ingest_is_replaced_and_the_ingest_goes_on(cluster, tmp_path, settings):  # noqa: F811
+    """The encoders' node dies mid-ingest and another node like it joins within
+    `ingest.node_wait_s` (as an autoscaler would start one): Ray restarts the encoders there, the
+    readers resend what was not committed, and the same ingest completes, every sample once."""
+    config = write_config(settings, tmp_path / "config.yaml", reader={"fps": 4.0},
+                          encoder={"resources": {"spare_node": 1}}, ingest={"node_wait_s": 120.0, "batch_frames": 4})
+    video = make_video(cluster.data / "long.mp4", duration_s=40, fps=FPS, codec="libx264")
+    root = cluster.data / "replaced-index"
+    log = tmp_path / "ingest.log"
+    args = ["vidx", "ingest", f"long={video}", "--index", str(root), "--config", str(config), "--address",
+            cluster.head.address, "--no-progress"]
+    with ray_node(cluster.head, num_cpus=1, resources={"spare_node": 1}, hidden=cluster.data) as first:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, cwd=REPO, env=cluster.head.env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: committed(root, "long") >= 8, 180, "frames committed", proc, log)
+            assert first.pids("ray::EncoderActor")
+            first.kill_raylet()
+            with ray_node(cluster.head, num_cpus=1, resources={"spare_node": 1}, hidden=cluster.data) as second:
+                wait_for(lambda: bool(second.pids("ray::EncoderActor")), 120, "the encoder restarted", proc, log)
+                proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = "\n".join(line for line in log.read_text(errors="replace").splitlines() if "state-dump" not in line)
+    assert proc.returncode == 0, output[-3000:]
+    assert "no live Ray node can host the encoders (CPU 1, spare_node 1): waiting up to 120 s" in output
+    assert summary_frames(output) == {"long": 160}
+    assert check_index(root, {"long": 160}).manifest.streams["long"].complete  # every sample once
