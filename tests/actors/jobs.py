@@ -190,8 +190,9 @@ def ray_node(cluster: RayCluster, num_cpus: int = 1, resources: dict[str, float]
              hidden: Path | None = None, ready_timeout_s: float = 120.0) -> Iterator[RayNode]:
     """Another node of `cluster` on this machine, with `num_cpus` and custom `resources`. With
     `hidden`, the node (its raylet and every worker it starts) sees an empty folder there: it runs
-    in a mount namespace of its own with a tmpfs over `hidden` (`unshare --mount`: needs root), as
-    a node on another machine does not see the driver's disk."""
+    in a mount namespace of its own with a tmpfs over `hidden` (`unshare --mount`), as
+    a node on another machine does not see the driver's disk. Root mounts in a mount namespace;
+    another user does it in a user namespace of its own (`--map-root-user`), where the kernel allows."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
     (agent_port,) = _free_ports(1)
     cmd = ["ray", "start", f"--address={cluster.address}", "--block", f"--num-cpus={num_cpus}",
@@ -199,8 +200,9 @@ def ray_node(cluster: RayCluster, num_cpus: int = 1, resources: dict[str, float]
            f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats",
            f"--resources={json.dumps(resources or {})}"]
     if hidden is not None:
-        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs hidden "$0" && exec "$@"',
-               str(hidden), *cmd]
+        user_namespace = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
+        cmd = ["unshare", *user_namespace, "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs hidden "$0" && exec "$@"', str(hidden), *cmd]
     log = temp_dir / "ray-start.log"
     known = _node_ids(cluster)
     with open(log, "wb") as out:
