@@ -87,6 +87,10 @@ def run_ingest(sources: list[str], root: IndexRoot, settings: Settings, address:
     after committing). Live sources are read from the first second, while Ray and the models
     start (actors/feed.py)."""
     started = time.monotonic()
+    if (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://"):
+        raise ValueError(f"--address {address or os.environ['RAY_ADDRESS']}: Ray Client (ray://) would run the writer "
+                         "on the head node, away from the index root here; run vidx on a node of the cluster "
+                         "(--address HEAD:6379) or submit it with `ray job submit`")
     parsed = [parse_source(s) for s in sources]
     ids = [check_stream_id(s.stream_id) for s in parsed]
     if len(set(ids)) != len(ids):
@@ -127,6 +131,7 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
 
     from actors.encoder import EncoderActor
     from actors.feed import Feeder
+    from actors.placement import ClusterError, EncoderWatch, on_driver_node, reads_on_driver_node
     from actors.reader import ReaderActor
     from actors.writer import WriterActor
 
@@ -137,22 +142,27 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
     run_id = uuid.uuid4().hex[:12]
     writer_name, encoder_names = f"vidx-{run_id}-writer", [f"vidx-{run_id}-encoder{i}"
                                                            for i in range(settings.encoder.actors)]
-    encoders = [EncoderActor.options(name=name, num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus)
-                .remote(config) for name in encoder_names]
+    # on a cluster (actors/placement.py): the writer, and the readers of local files and live sources,
+    # run on this node, which holds the index root; encoders run wherever their resources are
+    encoders = [EncoderActor.options(name=name, num_cpus=settings.encoder.num_cpus, num_gpus=settings.encoder.num_gpus,
+                                     resources=settings.encoder.resources).remote(config) for name in encoder_names]
     # the first call to each actor is not retried: a constructor that raised (a model that does not
     # load, a locked root) ends the ingest with its error, without Ray's "will be retried" notices
     layout = encoders[0].layout.options(max_task_retries=0).remote()  # the writer asks for it too (by name)
-    writer = WriterActor.options(name=writer_name).remote(root, encoder_names[0], settings.index.commit_interval_s,
-                                                       settings.index.max_vector_shards, settings.search,
-                                                       settings.index.retention)
+    writer = WriterActor.options(name=writer_name, scheduling_strategy=on_driver_node()).remote(
+        root, encoder_names[0], settings.index.commit_interval_s, settings.index.max_vector_shards,
+        settings.search, settings.index.retention)
     fed = {s.stream_id: feeds_reader(captures.get(s.stream_id)) for s in parsed}
-    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus)
+    readers = [ReaderActor.options(num_cpus=settings.ingest.reader_num_cpus,
+                                   scheduling_strategy=on_driver_node() if reads_on_driver_node(s) else None)
                .remote(s, config, encoder_names, writer_name, root, fed=fed[s.stream_id]) for s in parsed]
     feeders = [Feeder(captures[s.stream_id], reader).start() for s, reader in zip(parsed, readers) if fed[s.stream_id]]
     summary = IngestSummary(str(root))
     bars = _ProgressBars(parsed, enabled=progress)
     stop = StopRequest("stopping: finishing the current batches and committing")
+    watch = EncoderWatch(settings.encoder, settings.ingest.node_wait_s)
     try:
+        watch.wait(layout)
         ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
         ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
         root.save_settings(settings)
@@ -168,6 +178,13 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
                     summary.interrupted = True
                     ray.get([runs[ref].stop.remote() for ref in pending])   # the others are done (and killed)
                 bars.update(ray.get(writer.progress.remote()))
+                try:
+                    watch.check()
+                except ClusterError:  # what the readers have in flight waits for encoders that cannot run
+                    for reader in readers:
+                        ray.kill(reader, no_restart=True)
+                    ray.get(writer.close.remote())  # commits what was appended: a rerun resumes there
+                    raise
             ray.get(writer.close.remote())
         summary.committed = {sid: entry.frames - plan.frames_before.get(sid, 0)
                              for sid, entry in read_manifest(root).streams.items()}

@@ -78,6 +78,8 @@ class EncoderSettings(BaseModel):
     actors: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (fractions share a GPU)")
     num_cpus: float = Field(1.0, gt=0)
+    resources: dict[str, float] = Field({}, description="Ray custom resources per encoder actor: encoders run only "
+                                        "on nodes started with them (`ray start --resources`)")
     max_batch_frames: int = Field(32, ge=1)
     max_wait_s: float = Field(0.05, ge=0, description="how long a partial batch waits for more frames")
 
@@ -162,7 +164,7 @@ class IndexSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    """Per-reader flow control."""
+    """Per-reader flow control, and how long an ingest waits for a node it lost."""
 
     model_config = SETTINGS_CONFIG
 
@@ -170,6 +172,8 @@ class IngestSettings(BaseModel):
     max_inflight_batches: int = Field(4, ge=1, description="batches a reader may have in the encoders and writer")
     max_uncommitted_frames: int = Field(512, ge=1, description="a reader waits when this many are not yet committed")
     reader_num_cpus: float = Field(0.5, gt=0)
+    node_wait_s: float = Field(300.0, ge=0, description="how long encoders may wait for a live node able to host "
+                               "them (theirs died) before the ingest commits and stops with an error")
 
 
 class SearchSettings(BaseModel):

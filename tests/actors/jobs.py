@@ -12,6 +12,7 @@ the machine, other developers' included.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -33,10 +34,11 @@ from indexer.settings import Settings
 from indexer.store import IndexReader
 from indexer.store.root import IndexRoot
 
-__all__ = ["REPO", "RayCluster", "committed", "driver_env", "kill_tree", "own_pids", "ray_cluster", "start_ingest",
-           "summary_frames", "wait_for", "write_config"]
+__all__ = ["REPO", "RayCluster", "RayNode", "committed", "driver_env", "kill_tree", "own_pids", "ray_cluster",
+           "ray_node", "start_ingest", "summary_frames", "wait_for", "write_config"]
 
 REPO = Path(__file__).resolve().parents[2]
+NODE_OBJECT_STORE_BYTES = 256 * 2**20   # a node beside the head: Ray's default takes 30 % of the memory
 
 
 # -- the index and the job, seen from outside -----------------------------------------------------
@@ -133,9 +135,9 @@ class RayCluster:
 
 @contextlib.contextmanager
 def ray_cluster(num_cpus: int = 2, dashboard: bool = False, env: dict[str, str] | None = None,
-                ready_timeout_s: float = 120.0) -> Iterator[RayCluster]:
-    """A head node with `num_cpus`; `env` adds variables to its environment (e.g.
-    RAY_JOB_STOP_WAIT_TIME_S, which the job supervisor reads)."""
+                ready_timeout_s: float = 120.0, resources: dict[str, float] | None = None) -> Iterator[RayCluster]:
+    """A head node with `num_cpus` (and custom `resources`); `env` adds variables to its
+    environment (e.g. RAY_JOB_STOP_WAIT_TIME_S, which the job supervisor reads)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     # token auth switches itself on where ~/.ray/auth_token exists (machine state): decide here
     base_env = driver_env()
@@ -143,7 +145,7 @@ def ray_cluster(num_cpus: int = 2, dashboard: bool = False, env: dict[str, str] 
     cmd = ["ray", "start", "--head", "--block", f"--num-cpus={num_cpus}", f"--port={gcs_port}",
            f"--temp-dir={temp_dir}", f"--ray-client-server-port={client_port}",
            f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats",
-           f"--include-dashboard={str(dashboard).lower()}"]
+           f"--include-dashboard={str(dashboard).lower()}", f"--resources={json.dumps(resources or {})}"]
     if dashboard:
         cmd += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
     log = temp_dir / "ray-start.log"
@@ -162,6 +164,66 @@ def ray_cluster(num_cpus: int = 2, dashboard: bool = False, env: dict[str, str] 
     finally:
         _stop(proc, _descendants(proc.pid))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    """A node that joined a `RayCluster` (`ray start --address ... --block`)."""
+
+    node_id: str
+    temp_dir: Path
+    root_pid: int                # `ray start --block` (or `unshare`, which execs it)
+
+    def processes(self) -> dict[int, str]:
+        return {pid: cmd for pid, (_, cmd) in _descendants(self.root_pid).items()}
+
+    def pids(self, prefix: str) -> list[int]:
+        return sorted(pid for pid, cmd in self.processes().items() if cmd.startswith(prefix))
+
+    def kill_raylet(self) -> None:
+        """SIGKILL this node's raylet, as when its machine dies: its workers go with it."""
+        (pid,) = [pid for pid, cmd in self.processes().items() if "/raylet/raylet " in cmd]
+        os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def ray_node(cluster: RayCluster, num_cpus: int = 1, resources: dict[str, float] | None = None,
+             hidden: Path | None = None, ready_timeout_s: float = 120.0) -> Iterator[RayNode]:
+    """Another node of `cluster` on this machine, with `num_cpus` and custom `resources`. With
+    `hidden`, the node (its raylet and every worker it starts) sees an empty folder there: it runs
+    in a mount namespace of its own with a tmpfs over `hidden` (`unshare --mount`), as
+    a node on another machine does not see the driver's disk. Root mounts in a mount namespace;
+    another user does it in a user namespace of its own (`--map-root-user`), where the kernel allows."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
+    (agent_port,) = _free_ports(1)
+    cmd = ["ray", "start", f"--address={cluster.address}", "--block", f"--num-cpus={num_cpus}",
+           f"--temp-dir={temp_dir}", f"--object-store-memory={NODE_OBJECT_STORE_BYTES}",
+           f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats",
+           f"--resources={json.dumps(resources or {})}"]
+    if hidden is not None:
+        user_namespace = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
+        cmd = ["unshare", *user_namespace, "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs hidden "$0" && exec "$@"', str(hidden), *cmd]
+    log = temp_dir / "ray-start.log"
+    known = _node_ids(cluster)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=cluster.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: bool(_node_ids(cluster) - known), ready_timeout_s, "ray start (another node)", proc, log)
+        (node_id,) = _node_ids(cluster) - known
+        yield RayNode(node_id, temp_dir, proc.pid)
+    finally:
+        _stop(proc, _descendants(proc.pid))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _node_ids(cluster: RayCluster) -> set[str]:
+    """Ids of the cluster's live nodes, as `ray list nodes` gives them (no dashboard needed: the GCS)."""
+    from ray._raylet import GcsClient  # a driver-less client: this test process stays out of the cluster
+
+    nodes = GcsClient(address=cluster.address).get_all_node_info(timeout=10)
+    return {info.node_id.hex() for info in nodes.values() if info.state == 0}  # 0: ALIVE
 
 
 def _stop(proc: subprocess.Popen, family: dict[int, tuple[str, str]]) -> None:
