@@ -247,9 +247,12 @@ class IndexWriter:
     def close(self) -> None:
         """Commit, finish the approximate index build (so a closed index is fully indexed) and free the root."""
         self.commit()
-        self.wait_for_build()
-        if self._build is not None:  # the last one failed and a retry started: no thread may outlive the lock
-            self._build.result.exception()
+        for _ in range(3):  # the build in flight, one for what was committed meanwhile, one retry of a failure
+            if self._build is None:
+                break
+            self.wait_for_build()
+        if self._build is not None:  # builds keep failing: no thread may outlive the lock (the next open
+            self._build.result.exception()  # removes the files it wrote)
         self._builder.shutdown()
         self._lock.release()
 

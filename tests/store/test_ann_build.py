@@ -129,3 +129,23 @@ def test_a_sigkill_during_a_build_leaves_the_last_commit_and_no_stray_file_after
     assert a.frames == 4000 and files_on_disk(tmp_path) == vector_files(tmp_path)
     for q, old, new in zip([5, 2500, 3999], before, top_ids(tmp_path, queries), strict=True):
         assert new[0] == old[0] == q and len(set(new) & set(old)) >= 9
+
+
+def test_close_swaps_in_the_build_and_the_one_for_what_was_committed_during_it(tmp_path, monkeypatch):
+    for name in ("build", "extend"):
+        monkeypatch.setattr(ann, name, getattr(ann, name))  # restored after the test
+    grow(tmp_path, 2000, seed=0)
+    started, gate = threading.Event(), threading.Event()
+    hold_builds(started, gate)
+    w = EmbeddingWriter(tmp_path, DIM, SMALL)
+    w.add("cam", clustered(1000, DIM, 1))
+    w.commit()
+    assert started.wait(timeout=300)
+    w.add("cam", clustered(3000, DIM, 2))  # 3,000 beyond the build's 3,000: a second build after the swap
+    w.commit()
+    gate.set()
+    w.close()
+    index = IndexReader(IndexRoot.at(tmp_path))
+    a = index.manifest.approximate
+    assert (a.frames, a.trained_frames) == (6000, 3000) and index.manifest.vectors == []
+    assert files_on_disk(tmp_path) == vector_files(tmp_path)
