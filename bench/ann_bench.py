@@ -4,6 +4,7 @@ the same index size.
 
     python bench/ann_bench.py                                # 1M and 4M frames, 128-d
     python bench/ann_bench.py --frames 100000 --dim 64       # quick
+    python bench/ann_bench.py --gil --frames 1000000 --dim 512   # how long the build thread holds the GIL
 
 Each size: `frames` clustered unit embeddings are written through IndexWriter as exact shards
 (exact_max_vectors above the size, so nothing is built), then a writer session commits
@@ -21,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -30,7 +33,8 @@ import numpy as np
 from indexer.batches import EncodedBatch
 from indexer.media.reader import SourceInfo
 from indexer.settings import SearchSettings
-from indexer.store import IndexReader, IndexWriter, Layout
+from indexer.store import IndexReader, IndexWriter, Layout, ann
+from indexer.store import vectors as vec
 from indexer.store.root import IndexRoot
 
 WRITE_FRAMES = 100_000    # frames per commit while writing the index
@@ -115,6 +119,53 @@ def bench_size(frames: int, dim: int, commit_frames: int, interval: float, basel
               flush=True)
 
 
+def bench_gil(frames: int, dim: int, workdir: Path | None) -> None:
+    """The build thread's path (shards of 100,000 vectors read, their contents in frame-id order, then
+    ann.build) in a thread, while the main thread sleeps 1 ms in a loop: its longest wait per step is
+    how long that step held the GIL (plus the scheduler's delay on busy cores)."""
+    rng = np.random.default_rng(0)
+    steps: list[tuple[str, float, float]] = []
+
+    def timed(name: str, step: Callable):
+        start = time.perf_counter()
+        result = step()
+        steps.append((name, start, time.perf_counter()))
+        return result
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = IndexRoot.at(Path(tmp))
+        (root / "vectors").mkdir()
+        files = []
+        for lo in range(0, frames, WRITE_FRAMES):
+            rows = unit(rng.normal(size=(min(WRITE_FRAMES, frames - lo), dim)))
+            files.append((lo, root / f"vectors/shard-{lo}.faiss"))
+            vec.write_shard(files[-1][1], vec.build_shard(rows, np.arange(lo, lo + len(rows))))
+
+        def build() -> None:
+            blocks = []
+            for lo, path in files:
+                shard = timed("read shard", lambda path=path: faiss.read_index(str(path)))
+                vectors, ids = timed("shard contents", lambda shard=shard: vec.shard_contents(shard))
+                vectors = timed("frame-id order", lambda v=vectors, i=ids: v[np.argsort(i)])
+                blocks.append(ann.VectorBlock(lo, vectors))
+            timed("ann.build", lambda: ann.build(root, 1, blocks, None, dim // 4, 16, 16))
+
+        thread = threading.Thread(target=build)
+        thread.start()
+        waits, last = [], time.perf_counter()  # (seconds waited, when the wait ended)
+        while thread.is_alive():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            waits.append((now - last, now))
+            last = now
+        thread.join()
+    for name in dict.fromkeys(name for name, _, _ in steps):
+        spans = [(a, b) for n, a, b in steps if n == name]
+        inside = [w for w, at in waits if any(a <= at <= b + 0.01 for a, b in spans)]
+        print(f"gil {name} {frames} x {dim} ({sum(b - a for a, b in spans):.1f} s in the build thread), "
+              f"main thread's longest wait: {max(inside) * 1e3:.0f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[1_000_000, 4_000_000])
@@ -124,11 +175,15 @@ def main() -> None:
     parser.add_argument("--baseline-commits", type=int, default=30, help="timed commits without a build")
     parser.add_argument("--threads", type=int, default=2, help="faiss.omp_set_num_threads")
     parser.add_argument("--workdir", type=Path, help="where the temporary index goes (default: the system's)")
+    parser.add_argument("--gil", action="store_true", help="only how long each step of a build holds the GIL")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
     print(f"{os.cpu_count()} cores, {args.threads} FAISS threads, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     for frames in args.frames:
+        if args.gil:
+            bench_gil(frames, args.dim, args.workdir)
+            continue
         bench_size(frames, args.dim, args.commit_frames, args.interval, args.baseline_commits, args.workdir)
 
 
