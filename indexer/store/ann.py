@@ -10,7 +10,9 @@ p99 under 2 ms. Rescoring from memory instead (SQ6 codes, 459 B a frame) stopped
 
 The index covers frame ids [0, frames). The writer builds it from the exact shards when they hold
 more than `exact_max_vectors` vectors, later adds each such tail to it without retraining, and
-retrains from all vectors once the index has grown RETRAIN_GROWTH-fold since it was trained.
+retrains from all vectors once the index has grown RETRAIN_GROWTH-fold since it was trained. It
+does so in a build thread, from committed files only (FAISS releases the GIL while it trains and
+adds, so commits go on meanwhile), and a later commit names the result (indexer/store/writer.py).
 Files are written whole (atomically) before the manifest that lists them.
 """
 

@@ -134,7 +134,7 @@ class ApproximateIndex(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    generation: int                        # the commit that last wrote `file`
+    generation: int                        # the commit whose data `file` was last built from
     factory: str                           # faiss.index_factory string, e.g. "IVF1024,PQ256x4fs"
     metric: str = "L2"                     # on unit vectors L2 ranks like inner product
     nlist: int

@@ -6,7 +6,7 @@ back to the last intact frame, so the next ingest of the same source reads those
 (each frame ends up in the index exactly once; a live source cannot give its past again, so
 its dropped frames stay missing). If frames were dropped or a vector file is
 damaged, the exact vector shards are rebuilt from the intact timelines' float32 embeddings and
-the approximate index is dropped; the next ingest's first commit builds it again when needed.
+the approximate index is dropped; the next ingest's writer builds it again when needed.
 Frame ids of dropped frames are not reused.
 """
 

@@ -154,12 +154,13 @@ class IndexRoot:
 
     @staticmethod
     def ann_file(generation: int) -> str:
-        """The approximate (IVF-PQ) index written by commit `generation`."""
+        """The approximate (IVF-PQ) index built from the data of commit `generation`."""
         return f"vectors/ivf-{generation:08d}.faiss"
 
     @staticmethod
     def embeddings_file(generation: int) -> str:
-        """The float16 retrieval embeddings that commit `generation` added to the approximate index."""
+        """The float16 retrieval embeddings that the build from commit `generation` added to the approximate
+        index."""
         return f"vectors/emb-{generation:08d}.f16.npy"
 
     # -- the monitor (indexer/monitor/) ---------------------------------------------------------------

@@ -9,15 +9,23 @@ when `commit_interval_s` has passed; a caller that may go quiet (the writer acto
 `commit_if_due` on a timer, so what was appended is committed on time whether or not more comes.
 
 Each commit's retrieval embeddings go into a small exact FAISS shard. When the shards hold more
-than `search.exact_max_vectors` vectors, the same commit moves them into the approximate index
-(indexer/store/ann.py: built the first time, then grown, retrained after 4-fold growth), so exact
-search never covers more than that many vectors.
+than `search.exact_max_vectors` vectors, the approximate index (indexer/store/ann.py: built the
+first time, then grown, retrained after 4-fold growth) takes them in, in a build thread that never
+holds up a commit: it reads the committed shards (and the current approximate index's memory-mapped
+embeddings), writes its files under the generation of the commit it read, and the first commit
+after it finishes names them in the manifest and drops the shards it covers. FAISS releases the
+GIL while it trains and adds, so a thread suffices (bench/ann_bench.py measures the commits during
+a build). Until the swap, searches use the previous approximate index and the exact shards, which
+then hold more than `exact_max_vectors` vectors for the length of the build; shard folding
+(`max_vector_shards`) leaves the shards a build reads alone. A crash mid-build leaves files no
+manifest names, removed when the next writer opens the root.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
@@ -55,6 +63,16 @@ class AppendResult:
     committed_index: int    # samples below this are durable
 
 
+@dataclass
+class ApproximateBuild:
+    """An approximate index being built in the writer's build thread from commit `generation`."""
+
+    generation: int
+    base: ApproximateIndex | None     # the approximate index it grows or replaces (the manifest's then)
+    covers: set[str]                  # the shard files it takes in; dropped at the swap
+    result: Future[ApproximateIndex]
+
+
 class IndexWriter:
     def __init__(self, root: IndexRoot, layout: Layout, commit_interval_s: float = 5.0,
                  max_vector_shards: int = 32, search: SearchSettings | None = None,
@@ -90,7 +108,9 @@ class IndexWriter:
         self._liveness: dict[str, Liveness] = {}
         self._latest_wall: dict[str, float] = {}   # per stream: the latest wall time an append proved a frame at
         self._last_commit = time.monotonic()
-        self.root.remove_uncommitted_index(manifest.files())  # what a crashed commit left
+        self.root.remove_uncommitted_index(manifest.files())  # what a crashed commit or build left
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="approximate-build")
+        self._build: ApproximateBuild | None = None
 
     # -- streams ---------------------------------------------------------------------------------
     def open_stream(self, info: SourceInfo, fps: float, protocol: str) -> StreamEntry:
@@ -174,7 +194,9 @@ class IndexWriter:
     def commit(self) -> int:
         """Make everything appended so far durable and visible; return the generation."""
         self._last_commit = time.monotonic()
-        if not self._dirty and not self._needs_approximate(self.manifest):
+        built = self._build is not None and self._build.result.done()
+        if not self._dirty and not built:
+            self._start_build()
             return self.manifest.generation
         manifest = self.manifest.model_copy(deep=True)
         generation = manifest.generation + 1
@@ -196,17 +218,14 @@ class IndexWriter:
             entry.last_gap = self._last_gap[sid]
             if sid in self._liveness:
                 entry.liveness = self._current_liveness(sid)
-        obsolete = []
+        obsolete = self._swap_in(manifest) if built else []
         if shard_vectors:
             path = IndexRoot.vector_shard_file(generation)
             index = vec.build_shard(np.concatenate(shard_vectors), np.concatenate(shard_ids))
             size = vec.write_shard(self.root / path, index)
             manifest.vectors.append(VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size))
             if len(manifest.vectors) > self.max_vector_shards:
-                obsolete = [shard.file for shard in manifest.vectors]
-                manifest.vectors = [self._merge_shards(generation, manifest.vectors)]
-        if self._needs_approximate(manifest):
-            obsolete += self._index_tail(generation, manifest)
+                obsolete += self._fold_shards(generation, manifest)
         if self.retention.acts():  # the policy's new files in this commit, the old ones deleted after it
             obsolete += apply_retention(self.root, manifest, plan_retention(self.root, manifest, self.retention))
         manifest.generation = generation
@@ -219,10 +238,26 @@ class IndexWriter:
         self._frames.clear()
         self._gaps.clear()
         self._dirty.clear()
+        self._start_build()
         return generation
 
+    def wait_for_build(self) -> int:
+        """Wait for the approximate index build in flight, if any, and commit it; return the generation."""
+        if self._build is not None:
+            self._build.result.exception()  # waits; a failure is logged by the commit
+            return self.commit()
+        return self.manifest.generation
+
     def close(self) -> None:
+        """Commit, finish the approximate index build (so a closed index is fully indexed) and free the root."""
         self.commit()
+        for _ in range(3):  # the build in flight, one for what was committed meanwhile, one retry of a failure
+            if self._build is None:
+                break
+            self.wait_for_build()
+        if self._build is not None:  # builds keep failing: no thread may outlive the lock (the next open
+            self._build.result.exception()  # removes the files it wrote)
+        self._builder.shutdown()
         self._lock.release()
 
     # -- internals -------------------------------------------------------------------------------
@@ -260,35 +295,66 @@ class IndexWriter:
         return Segment(generation=generation, first_frame_id=first_id, frames=n, gaps=len(gaps), timeline=timeline,
                        features=features, bytes=sizes, feature_format=self.format.name, **times)
 
-    def _merge_shards(self, generation: int, shards: list[VectorShard]) -> VectorShard:
-        index = vec.read_shards([self.root / s.file for s in shards], self.layout.embedding_dim)
+    def _fold_shards(self, generation: int, manifest: Manifest) -> list[str]:
+        """Merge the shards into one, except those a build in flight reads (they stay until its swap);
+        return the files it makes obsolete."""
+        held = self._build.covers if self._build is not None else set()
+        loose = [shard for shard in manifest.vectors if shard.file not in held]
+        if len(loose) < 2:
+            return []
+        merged = vec.read_shards([self.root / s.file for s in loose], self.layout.embedding_dim)
         path = IndexRoot.vector_shard_file(generation, "merged")
-        size = vec.write_shard(self.root / path, index)
-        return VectorShard(generation=generation, file=path, vectors=index.ntotal, bytes=size)
+        size = vec.write_shard(self.root / path, merged)
+        manifest.vectors = [shard for shard in manifest.vectors if shard.file in held]
+        manifest.vectors.append(VectorShard(generation=generation, file=path, vectors=merged.ntotal, bytes=size))
+        return [shard.file for shard in loose]
 
     def _needs_approximate(self, manifest: Manifest) -> bool:
         """More vectors than exact search is allowed to cover are outside the approximate index."""
         covered = manifest.approximate.frames if manifest.approximate else 0
         return manifest.next_frame_id - covered > self.search.exact_max_vectors
 
-    def _index_tail(self, generation: int, manifest: Manifest) -> list[str]:
-        """Put the shards' vectors into the approximate index (a new one, or the trained one grown),
-        in this commit; return the files it makes obsolete. The shards are then empty: the index's
-        float16 embeddings replace them (the timeline keeps the float32 originals)."""
-        old = manifest.approximate
-        tail = self._shard_blocks(manifest.vectors)
+    def _start_build(self) -> None:
+        """Start building the approximate index from the last commit when its shards hold too many vectors
+        and no build is in flight. Everything it reads stays on disk until its swap."""
+        manifest = self.manifest
+        if self._build is not None or not self._needs_approximate(manifest):
+            return
+        shards = list(manifest.vectors)
+        result = self._builder.submit(self._build_approximate, manifest.generation, manifest.approximate,
+                                      shards, manifest.next_frame_id)
+        self._build = ApproximateBuild(manifest.generation, manifest.approximate, {s.file for s in shards}, result)
+
+    def _build_approximate(self, generation: int, base: ApproximateIndex | None, shards: list[VectorShard],
+                           next_frame_id: int) -> ApproximateIndex:
+        """In the build thread: the shards' vectors in the approximate index (a new one, or `base` grown),
+        its files written under `generation`. The index's float16 embeddings then replace the shards
+        (the timeline keeps the float32 originals)."""
+        tail = self._shard_blocks(shards)
         s = self.search
-        if old is None or manifest.next_frame_id >= ann.RETRAIN_GROWTH * old.trained_frames:
-            blocks = (_chunk_blocks(self.root, old) if old else []) + tail
-            new = ann.build(self.root, generation, blocks, s.nlist, s.pq_bytes, s.nprobe, s.refine, seed=generation)
-        else:
-            new = ann.extend(self.root, generation, old, tail)
-        obsolete = [shard.file for shard in manifest.vectors]
-        if old is not None:
-            obsolete += sorted(old.files() - new.files())
-        manifest.vectors = []
+        if base is None or next_frame_id >= ann.RETRAIN_GROWTH * base.trained_frames:
+            blocks = (_chunk_blocks(self.root, base) if base else []) + tail
+            return ann.build(self.root, generation, blocks, s.nlist, s.pq_bytes, s.nprobe, s.refine, seed=generation)
+        return ann.extend(self.root, generation, base, tail)
+
+    def _swap_in(self, manifest: Manifest) -> list[str]:
+        """Put the finished build into `manifest` in place of the shards it covers; return the files it
+        makes obsolete. A failed build is logged and changes nothing (the next commit starts another)."""
+        build, self._build = self._build, None
+        try:
+            new = build.result.result()
+        except Exception:
+            logger.exception("%s: building the approximate index from commit %d failed; searches stay exact "
+                             "beyond the last approximate index, and the next commit retries", self.root,
+                             build.generation)
+            return []
+        if manifest.approximate != build.base:
+            raise RuntimeError(f"{self.root}: the approximate index changed during a build from commit "
+                               f"{build.generation}")
+        manifest.vectors = [shard for shard in manifest.vectors if shard.file not in build.covers]
         manifest.approximate = new
-        return obsolete
+        old = build.base.files() - new.files() if build.base else set()
+        return sorted(build.covers | old)
 
     def _shard_blocks(self, shards: list[VectorShard]) -> list[ann.VectorBlock]:
         """Each shard's embeddings as a block of consecutive frame ids (a commit's ids are consecutive)."""

@@ -1,6 +1,4 @@
 import json
-import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -72,31 +70,6 @@ def test_the_index_grows_by_adding_tails_then_retrains_after_fourfold_growth(tmp
     search = FrameSearch(index, SMALL)
     for frame_id in (5, 4000, 11999):  # rows kept in order through the rebuild
         assert search.search(emb[frame_id], 1)[0].frame_id == frame_id
-
-
-def _crash_while_committing_the_build(root) -> None:
-    import indexer.store.writer as writer_module
-
-    def die(*args, **kwargs):
-        os._exit(9)  # after the approximate index's files, before the manifest
-
-    writer_module.write_manifest = die
-    grow(root, 1000, seed=1)
-
-
-def test_a_crash_during_the_build_leaves_the_last_commit_and_its_files_are_removed(tmp_path):
-    grow(tmp_path, 2000, seed=0)
-    before = (tmp_path / "manifest.json").read_text()
-    # spawn, not fork: FAISS's OpenMP threads, started earlier in this process, deadlock a forked child
-    child = multiprocessing.get_context("spawn").Process(target=_crash_while_committing_the_build, args=(tmp_path,))
-    child.start()
-    child.join()
-    assert child.exitcode == 9 and (tmp_path / "manifest.json").read_text() == before
-    assert any(name.startswith("vectors/ivf-") for name in files_on_disk(tmp_path))  # written, not committed
-    assert IndexReader(IndexRoot.at(tmp_path)).manifest.approximate is None
-    grow(tmp_path, 1000, seed=1)  # the next writer removes them, then builds again
-    index = IndexReader(IndexRoot.at(tmp_path))
-    assert index.manifest.approximate.frames == 3000 and files_on_disk(tmp_path) == index.manifest.approximate.files()
 
 
 def test_parameters_follow_the_size_and_the_dimension():
