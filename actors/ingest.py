@@ -65,7 +65,8 @@ class IngestSummary:
             if self.nothing_to_do:
                 out.append(f"  {s.stream_id}: already complete ({length})")
                 continue
-            out.append(f"  {s.stream_id}: {plural(self.frames(s), 'frame')}, {plural(s.gaps, 'gap')}, {length}; {status}")
+            out.append(f"  {s.stream_id}: {plural(self.frames(s), 'frame')}, {plural(s.gaps, 'gap')}, {length}; "
+                       f"{status}")
             out.extend(f"    warning: {s.uri}: {w}" for w in s.warnings)
         if self.nothing_to_do:
             out.append(f"nothing to do: {plural(len(self.streams), 'source')} already indexed to the end "
@@ -164,7 +165,8 @@ def _ingest_on_ray(parsed: list[Source], root: IndexRoot, settings: Settings, co
     try:
         watch.wait(layout)
         ray.get(layout)  # a model that fails to load raises its own error here, not the writer's death
-        ray.get(writer.commit.options(max_task_retries=0).remote())  # fails fast on a locked root or another model's index
+        # fails fast on a locked root or another model's index
+        ray.get(writer.commit.options(max_task_retries=0).remote())
         root.save_settings(settings)
         runs = {reader.run.remote(): reader for reader in readers}
         pending = list(runs)

@@ -263,8 +263,8 @@ def bench_search(frames: int = 1_000_000, dim: int = 512, data: str = "clustered
     tail = settings.exact_max_vectors if tail is None else tail
     faiss.omp_set_num_threads(threads)
     tag = f"{data} {frames} x {dim}"
-    print(f"data {tag}, {streams} streams, last {tail} frames after the approximate index, {queries} queries, top-{k}, {threads} threads, "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"data {tag}, {streams} streams, last {tail} frames after the approximate index, {queries} queries, "
+          f"top-{k}, {threads} threads, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     start = time.perf_counter()
     embeddings, query = synthetic(frames, dim, data, queries)
     print(f"generate {tag}: {time.perf_counter() - start:.1f} s", flush=True)

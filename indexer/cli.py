@@ -242,7 +242,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{**a.to_json(), "thumbnail": None,
                            "webhooks": [{"url": redact_uri(d.url), "event": d.event, "state": d.state,
-                                         "attempts": d.attempts, "last_error": d.last_error} for d in sent(a)]} for a in alerts], indent=2))
+                                         "attempts": d.attempts, "last_error": d.last_error} for d in sent(a)]}
+                          for a in alerts], indent=2))
     else:
         print("\n".join(alert_line(a) + (f" | webhooks: {delivery_states(sent(a))}" if sent(a) else "")
                         for a in alerts) or f"no alerts in {root}")
@@ -356,7 +357,8 @@ def build_parser(add_job_commands: Callable[[argparse._SubParsersAction], None] 
     tiny.add_argument("--bert-type", default="qformer_pretrain", help="config.json's bert_type (default %(default)s)")
     tiny.add_argument("--num-query", type=positive_int, default=16, help="Q-Former queries (default %(default)s)")
     tiny.add_argument("--format", choices=["bin", "safetensors"], default="bin",
-                      help="weights files: pytorch_model-*.bin shards as released, or safetensors (default %(default)s)")
+                      help="weights files: pytorch_model-*.bin shards as released, or safetensors "
+                           "(default %(default)s)")
     tiny.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                       help="dtype of the stored weights (default %(default)s)")
     tiny.set_defaults(func=_cmd_tiny)

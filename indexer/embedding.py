@@ -102,7 +102,8 @@ def make_tiny_clip(out_dir: str | os.PathLike, projection_dim: int = 32, image_s
     for char in string.ascii_lowercase + string.digits + string.punctuation:
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=config.text_config.max_position_embeddings).save_pretrained(out)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=config.text_config.max_position_embeddings)
+    tokenizer.save_pretrained(out)
     return out
 
 

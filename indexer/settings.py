@@ -334,9 +334,9 @@ def resolve_model_paths(settings: Settings, base: str | Path | None = None) -> S
             return str(path.resolve())
         if value.startswith((".", "~")) or value.count("/") > 1:  # a path, not a hub id (org/name)
             raise FileNotFoundError(
-                f"model path {value!r} not found ({section}.{name}, relative to {base}); run `vidx tiny out/tiny` for the tiny "
-                "models, or name the model by absolute path or hub id (`ray job submit --working-dir` does not "
-                "upload git-ignored folders such as out/)")
+                f"model path {value!r} not found ({section}.{name}, relative to {base}); run `vidx tiny out/tiny` "
+                "for the tiny models, or name the model by absolute path or hub id (`ray job submit --working-dir` "
+                "does not upload git-ignored folders such as out/)")
         return value
 
     return with_model_paths(settings, fix)

@@ -34,8 +34,8 @@ from typing import Self
 
 from tests.mediagen import ffmpeg_bin, make_video
 
-__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "HlsInfo", "LiveInfo", "LiveUrl", "hls_live", "http_files", "rtmp_server",
-           "rtsp_server", "udp_mpegts"]
+__all__ = ["RTSP_OPTIONS", "SYSTEM_PYTHON", "UDP_QUERY", "HlsInfo", "LiveInfo", "LiveUrl", "hls_live", "http_files",
+           "rtmp_server", "rtsp_server", "udp_mpegts"]
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # has python3-gi (GStreamer bindings); a venv does not
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")

@@ -34,8 +34,8 @@ def test_vidx_demo_finds_the_planted_scene_at_its_time_and_cites_real_moments(tm
         assert disc.shows(float(time_s))
 
     ask_part = out.split("ask: ", 1)[1]
-    cited = re.findall(r"demo (\d+):(\d\d)-(\d+):(\d\d) \(([\d.]+)-([\d.]+) s\), best frame ([\d.]+) s, thumbnail (\S+)",
-                       ask_part)
+    cited = re.findall(r"demo (\d+):(\d\d)-(\d+):(\d\d) \(([\d.]+)-([\d.]+) s\), best frame ([\d.]+) s, "
+                       r"thumbnail (\S+)", ask_part)
     assert cited
     for *_, start, end, best, path in cited:
         assert 0.0 <= float(start) <= float(best) <= float(end) <= 20.0

@@ -58,4 +58,5 @@ def test_the_quick_start_runs_verbatim(where, tmp_path):
     assert (cwd / "out" / "tiny" / "settings.yaml").is_file()
     sample = re.search(r"^  (sample\.mp4-\w+): .* (\d+) frames at 1 fps", out, re.MULTILINE)
     assert sample and sample.group(2) == "20", out
-    assert re.search(rf"^  \[{re.escape(sample.group(1))} \d+:\d\d-\d+:\d\d\] frames \d+\.\.\d+", out, re.MULTILINE), out
+    cited = rf"^  \[{re.escape(sample.group(1))} \d+:\d\d-\d+:\d\d\] frames \d+\.\.\d+"
+    assert re.search(cited, out, re.MULTILINE), out

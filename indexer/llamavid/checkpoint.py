@@ -351,8 +351,8 @@ def stored_rope_frequencies(llm_state: dict[str, torch.Tensor]) -> torch.Tensor 
     problems = ([f"missing for layers {missing}"] if missing else []) + (
         [f"different in layers {differing} from layer {min(copies)}"] if differing else [])
     if problems:
-        raise CheckpointError("the checkpoint's model.layers.N.self_attn.rotary_emb.inv_freq is " + " and ".join(problems)
-                              + ": store the same value for every layer, or none")
+        raise CheckpointError("the checkpoint's model.layers.N.self_attn.rotary_emb.inv_freq is "
+                              + " and ".join(problems) + ": store the same value for every layer, or none")
     return first.float()
 
 
@@ -381,5 +381,5 @@ def load_into(model: torch.nn.Module, weights: ConvertedWeights, source: str) ->
 __all__ = ["CheckpointError", "ProcessorSettings", "ConvertedWeights", "resolve_model_dir", "resolve_asset",
            "resolve_qformer_dir", "read_bert_config", "weight_files", "read_weights_file", "load_model_weights",
            "load_eva_weights", "read_processor_settings", "reads_official_key",
-           "build_config", "convert_official_weights", "stored_rope_frequencies", "load_into", "BUNDLED_PROCESSORS", "EVA_VIT_G_URL",
-           "DEFAULT_QFORMER"]
+           "build_config", "convert_official_weights", "stored_rope_frequencies", "load_into", "BUNDLED_PROCESSORS",
+           "EVA_VIT_G_URL", "DEFAULT_QFORMER"]

@@ -65,15 +65,17 @@ def describe(model_dir: str | Path, vision_tower=None, image_processor=None, qfo
     found = {}
     for what, resolve in (("vision_tower", lambda: resolve_vision_tower(model_dir, config, vision_tower)),
                           ("image_processor", lambda: resolve_image_processor(model_dir, config, image_processor)),
-                          ("qformer", lambda: ckpt.resolve_qformer_dir(str(qformer or ckpt.DEFAULT_QFORMER), model_dir))):
+                          ("qformer",
+                           lambda: ckpt.resolve_qformer_dir(str(qformer or ckpt.DEFAULT_QFORMER), model_dir))):
         try:
             found[what] = resolve()
         except (FileNotFoundError, ckpt.CheckpointError) as exc:
             info.missing.append(str(exc))
     assets = ResolvedAssets(**found) if len(found) == 3 else None
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()})
-    info.fields |= {"architecture": (config.get("architectures") or ["?"])[0], "weights dtype": ", ".join(dtypes) or "?",
-                    "bert_type": config.get("bert_type"), "compress_type": config.get("compress_type"),
+    info.fields |= {"architecture": (config.get("architectures") or ["?"])[0],
+                    "weights dtype": ", ".join(dtypes) or "?", "bert_type": config.get("bert_type"),
+                    "compress_type": config.get("compress_type"),
                     "mm_projector_type": config.get("mm_projector_type")}
     if state and assets is not None:
         eva = ckpt.load_eva_weights(assets.vision_tower)
@@ -82,11 +84,13 @@ def describe(model_dir: str | Path, vision_tower=None, image_processor=None, qfo
                             if not (m := re.match(r"blocks\.(\d+)\.", k)) or int(m.group(1)) < cfg.vision.depth)
         info.fields |= {
             "tokens per frame": f"{cfg.tokens_per_frame} (1 context + {cfg.content_tokens_per_frame} content)",
-            "vision tower": f"EVA ViT width {cfg.vision.width}, depth {cfg.vision.depth}, {cfg.vision.num_heads} heads, "
-                            f"patch {cfg.vision.patch_size}, {cfg.vision.image_size} px -> {cfg.vision.num_patches} patches",
+            "vision tower": f"EVA ViT width {cfg.vision.width}, depth {cfg.vision.depth}, "
+                            f"{cfg.vision.num_heads} heads, patch {cfg.vision.patch_size}, "
+                            f"{cfg.vision.image_size} px -> {cfg.vision.num_patches} patches",
             "Q-Former": f"width {cfg.qformer.hidden_size}, {cfg.qformer.num_layers} layers, {cfg.qformer.num_query} "
                         f"queries, visual width {cfg.qformer.visual_width}",
-            "LLM": f"width {cfg.hidden_size}, {cfg.llm.get('num_hidden_layers')} layers, vocab {cfg.llm.get('vocab_size')}",
+            "LLM": f"width {cfg.hidden_size}, {cfg.llm.get('num_hidden_layers')} layers, "
+                   f"vocab {cfg.llm.get('vocab_size')}",
             "context length": f"{cfg.context_length} tokens"
                               + (f" (rope_scaling {cfg.llm['rope_scaling']})" if cfg.llm.get("rope_scaling") else ""),
             "frames that fit the context (movie mode)": cfg.context_length // cfg.tokens_per_frame,

@@ -25,7 +25,8 @@ class ContentPooling(nn.Module):
         num_frames, num_patches, width = patches.shape
         side = int(num_patches**0.5)
         if side * side != num_patches:
-            raise ValueError(f"compress_type {self.compress_type!r} needs a square patch grid, got {num_patches} patches")
+            raise ValueError(f"compress_type {self.compress_type!r} needs a square patch grid, "
+                             f"got {num_patches} patches")
         stride = side // self.grid_size
         grid = patches.reshape(num_frames, side, side, width).permute(0, 3, 1, 2)  # (T, C, side, side)
         pooled = F.avg_pool2d(grid, kernel_size=stride, stride=stride)  # (T, C, g, g)

@@ -73,7 +73,8 @@ class LlamaVidModel(nn.Module):
             llm_config = config.llm_config()
             llm_config._attn_implementation = "sdpa"
             self.language_model = LlamaForCausalLM(llm_config)
-            self.language_model.model.rotary_emb = LlamaVidRotaryEmbedding(llm_config)  # official beyond max_position_embeddings
+            # as the official code, also beyond max_position_embeddings
+            self.language_model.model.rotary_emb = LlamaVidRotaryEmbedding(llm_config)
         elif parts == "prompt":
             self.language_model = LlamaTokenEmbeddings(config)
 
@@ -118,7 +119,8 @@ class LlamaVidModel(nn.Module):
         text_embeds = self.embed_ids(ids.clamp(min=0))  # (L, D)
         if num_placeholders == 1:
             at = int(is_image.nonzero()[0])
-            return torch.cat([text_embeds[:at], flat.to(text_embeds.dtype), text_embeds[at + 1:]])  # (L - 1 + T(1+P), D)
+            # (L - 1 + T(1+P), D)
+            return torch.cat([text_embeds[:at], flat.to(text_embeds.dtype), text_embeds[at + 1:]])
         if num_placeholders != flat.shape[0]:
             raise ValueError(f"the prompt has {num_placeholders} <image> placeholders but there are "
                              f"{flat.shape[0]} frame tokens ({frame_tokens.shape[0]} frames x "

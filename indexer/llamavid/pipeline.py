@@ -240,7 +240,8 @@ class LlamaVid:
         and stop at stop strings with them)."""
         self._need("all", "generate()")
         embeds = self._check_embeds(embeds)
-        options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=self.tokenizer.eos_id,
+        options = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   eos_token_id=self.tokenizer.eos_id,
                                    pad_token_id=self.generation_defaults.get("pad_token_id") or 0)
         if do_sample:
             defaults = {k: self.generation_defaults[k] for k in ("temperature", "top_p", "top_k")
@@ -374,5 +375,5 @@ def _init_non_persistent_buffers(model: LlamaVidModel, device: str | torch.devic
     rotary.attention_scaling = fresh.attention_scaling
 
 
-__all__ = ["LlamaVid", "ResolvedAssets", "read_llamavid_config", "resolve_assets", "resolve_vision_tower", "resolve_image_processor",
-           "read_model_config"]
+__all__ = ["LlamaVid", "ResolvedAssets", "read_llamavid_config", "resolve_assets", "resolve_vision_tower",
+           "resolve_image_processor", "read_model_config"]

@@ -120,7 +120,8 @@ def write_bert_files(bert_dir: Path, spec: TinySpec) -> int:
     words = sorted({w for line in _corpus() for w in line.lower().replace(".", " ").replace(",", " ").split()
                     if w.isalpha()})
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = list(dict.fromkeys(specials + chars + ["##" + c for c in chars] + words))
     bert_dir.mkdir(parents=True, exist_ok=True)
     (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (bert_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))

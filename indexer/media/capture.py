@@ -132,8 +132,8 @@ class LiveCapture:
     recording: clips, playback, recomputation; see `SegmentRing`)."""
 
     def __init__(self, source: Source, options: ReaderOptions, start_index: int = 0,
-                 resume_time_s: float | None = None, ring: SegmentRing | None = None, memory_frames: int = MEMORY_FRAMES,
-                 spill_parent: str | Path | None = None):
+                 resume_time_s: float | None = None, ring: SegmentRing | None = None,
+                 memory_frames: int = MEMORY_FRAMES, spill_parent: str | Path | None = None):
         self.source = source
         self.stop_event = threading.Event()
         self.reader = SourceReader(source, options, start_index=start_index, resume_time_s=resume_time_s,

@@ -123,7 +123,8 @@ class SourceReader:
         stream = container.streams.video[0]
         if stream.codec_context is None or not stream.codec_context.codec.is_decoder:
             container.close()
-            raise SourceError(self.source.uri, f"unsupported video codec {stream.codec_context and stream.codec_context.name!r}")
+            raise SourceError(self.source.uri,
+                              f"unsupported video codec {stream.codec_context and stream.codec_context.name!r}")
         stream.codec_context.thread_type = "AUTO"
         stream.codec_context.thread_count = self.options.decoder_threads
         return container
@@ -239,7 +240,8 @@ class SourceReader:
                 down_since, down_cause = now, down_reason
             if options.give_up_after_s is not None and now - down_since > options.give_up_after_s:
                 break
-            logger.warning("%s: %s; reconnecting in %.1f s", redact_uri(self.source.uri), redact_text(down_reason), backoff)
+            logger.warning("%s: %s; reconnecting in %.1f s", redact_uri(self.source.uri), redact_text(down_reason),
+                           backoff)
             if self.stop.wait(backoff):
                 break
             backoff = min(backoff * 2, options.reconnect_max_s)
@@ -514,7 +516,8 @@ class SourceReader:
         try:
             container.seek(max(0, target - 1_000_000), backward=True)  # a second early: keyframe <= target
         except MEDIA_ERRORS as exc:
-            raise SourceError(self.source.uri, f"cannot seek to {time_s:.3f} s to resume: {describe_media_error(exc)}") from exc
+            raise SourceError(self.source.uri,
+                              f"cannot seek to {time_s:.3f} s to resume: {describe_media_error(exc)}") from exc
 
     def _close(self) -> None:
         if self._container is not None:

@@ -95,7 +95,8 @@ class AlertLog:
         """Every committed row (opening and closing) of commits after `after_generation`, oldest first."""
         return [row for _, rows in self.commits(after_generation) for row in rows]
 
-    def alerts(self, stream_id: str | None = None, query_id: str | None = None, limit: int | None = None) -> list[Alert]:
+    def alerts(self, stream_id: str | None = None, query_id: str | None = None,
+               limit: int | None = None) -> list[Alert]:
         """The latest row of each alert, newest first."""
         latest: dict[str, Alert] = {}
         for row in self.rows():

@@ -141,14 +141,15 @@ def monitor_router(root: IndexRoot, poll_s: float, allow_private_webhooks: bool 
                          after: int = Query(None, ge=0, description="the monitor commit to start after (default: "
                                                                     "the latest)"),
                          last_event_id: int = Header(None, ge=0, description="the id of an event this feed "
-                                                                                    "sent (EventSource sends it when it "
-                                                                                    "reconnects); wins over ?after")
+                                                                             "sent (EventSource sends it when it "
+                                                                             "reconnects); wins over ?after")
                          ) -> StreamingResponse:
         start = last_event_id if last_event_id is not None else after
         if start is None:
             start = (await anyio.to_thread.run_sync(AlertLog, root)).generation
         return StreamingResponse(_alert_events(request, root, start, poll_s, closing), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # nginx: no buffering
+                                 # X-Accel-Buffering: nginx passes the events on without buffering them
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def alert(alert_id: str) -> Alert:
         return await anyio.to_thread.run_sync(lambda: AlertLog(root).get(alert_id))

@@ -54,7 +54,8 @@ def test_configurations_load_and_run_both_paths(tmp_path, name):
 
 
 def test_grid_content_tokens_are_projected_quadrant_means(tmp_path):
-    m = LlamaVid.from_pretrained(make_tiny_checkpoint(tmp_path, CONFIGS["grid2-linear-32q-qformer-fp16-dictproc-linear-rope"]))
+    config = CONFIGS["grid2-linear-32q-qformer-fp16-dictproc-linear-rope"]
+    m = LlamaVid.from_pretrained(make_tiny_checkpoint(tmp_path, config))
     features = m.encode_frames(m.preprocess(FRAMES))
     grid = m.config.vision.grid  # 8x8 patches -> 2x2 cells of 4x4
     patches = features[:, 1:].reshape(3, grid, grid, -1)
@@ -129,7 +130,8 @@ def test_config_naming_unknown_options(tiny_root, field, value, message):
 
 def test_missing_vision_tower_names_the_path_and_the_download(tiny_root):
     (tiny_root / "model_zoo/LAVIS/eva_vit_g.pth").unlink()
-    with pytest.raises(FileNotFoundError, match=r"vision tower './model_zoo/LAVIS/eva_vit_g.pth' not found.*eva_vit_g.pth"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"vision tower './model_zoo/LAVIS/eva_vit_g.pth' not found.*eva_vit_g.pth"):
         LlamaVid.from_pretrained(tiny_root / "model")
 
 

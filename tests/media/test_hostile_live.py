@@ -21,7 +21,8 @@ from tests.streams import (
 )
 
 FPS = 25
-OPTIONS = {"fps": 2.0, "read_timeout_s": 2.0, "open_timeout_s": 10.0, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5}
+OPTIONS = {"fps": 2.0, "read_timeout_s": 2.0, "open_timeout_s": 10.0, "reconnect_initial_s": 0.2,
+           "reconnect_max_s": 0.5}
 
 
 def _start_rtsp(procs: _Processes, name: str, video, port: int) -> None:

@@ -111,8 +111,8 @@ def test_planted_black_and_frozen_events_each_raise_one_alert_on_a_live_rtsp_str
     root.mkdir()
     log = tmp_path / "monitor.log"
     with receiver() as hook, rtsp_server(duration_s=45.0, fps=FPS, size=(160, 120), source=video) as url:
-        vidx_watch("add", str(root), "an orange board with a blue disc", "--id", "disc", "--webhook", hook.url, "--allow-private",
-                   "--secret", SECRET)
+        vidx_watch("add", str(root), "an orange board with a blue disc", "--id", "disc", "--webhook", hook.url,
+                   "--allow-private", "--secret", SECRET)
         vidx_watch("add", str(root), "--rule", "black", "--webhook", hook.url, "--allow-private", "--secret", SECRET)
         vidx_watch("add", str(root), "--rule", "frozen", "--webhook", hook.url, "--allow-private", "--secret", SECRET)
         proc = start_monitor(f"cam={url}", root, config, log)
@@ -160,8 +160,8 @@ def test_a_monitor_killed_mid_event_and_restarted_raises_the_event_once(tmp_path
     log = tmp_path / "monitor.log"
     with receiver() as hook, hls_live(duration_s=360.0, fps=FPS, size=(160, 120), source=video,
                                       list_size=0) as (url, stream):
-        vidx_watch("add", str(root), "an orange board with a blue disc", "--id", "disc", "--webhook", hook.url, "--allow-private",
-                   "--secret", SECRET)
+        vidx_watch("add", str(root), "an orange board with a blue disc", "--id", "disc", "--webhook", hook.url,
+                   "--allow-private", "--secret", SECRET)
         proc = start_monitor(f"cam={url}", root, config, log)
         try:
             wait_for(lambda: len(hook.received()) >= 1, 240, "the alert opened", proc, log)

@@ -227,7 +227,7 @@ def test_queries_added_paused_and_removed_while_it_runs(tmp_path, encoded):
     assert set(alerts) == {"disc", "black"}
     assert alerts["disc"].status == "closed" and alerts["disc"].end_s == 10.0   # ended (at 12 s) before removal
     lanes = monitor.state.lanes.values()
-    assert not any(key.startswith("disc/") for lane in lanes for key in lane.trackers)  # a removed query leaves no state
+    assert not any(key.startswith("disc/") for lane in lanes for key in lane.trackers)  # a removed query: no state
     assert alerts["black"].start_s >= 16.0      # resumed at 16 s, mid-way through the black stretch
     assert [lane.streams["cam"].next_index for lane in lanes] == [32, 32]
 
@@ -365,9 +365,10 @@ def test_a_receiver_down_or_failing_never_holds_up_evaluation(tmp_path, encoded)
     root.mkdir()
     with receiver() as hook:
         hook.status = 500
+        hooks = [Webhook(url=hook.url, secret=SECRET),
+                 Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)]
         QueryStore(IndexRoot.at(root)).create(id="black", kind="black", min_duration_s=2.0, allow_private_webhooks=True,
-                                              webhooks=[Webhook(url=hook.url, secret=SECRET),
-                                                        Webhook(url=f"http://127.0.0.1:{closed_port}/hook", secret=SECRET)])
+                                              webhooks=hooks)
         with Monitor(IndexRoot.at(root), settings) as monitor:
             started = time.monotonic()
             writer = feed(root, encoded, slice(None), on_commit=monitor.poll)

@@ -70,8 +70,8 @@ def test_vidx_watch_commands(tmp_path):
         return subprocess.run([sys.executable, "-m", "actors.cli", "watch", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120, check=False)
 
-    added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h", "--allow-private",
-                 "--secret", "s3cret-value", "--stream", "cam1", "--cooldown", "30")
+    added = vidx("add", str(tmp_path), "a red car", "--id", "car", "--webhook", "http://127.0.0.1:8/h",
+                 "--allow-private", "--secret", "s3cret-value", "--stream", "cam1", "--cooldown", "30")
     assert added.returncode == 0, added.stderr
     assert "s3cret" not in added.stdout + added.stderr and "secret as given (--secret)" in added.stdout  # no echo
     assert vidx("add", str(tmp_path), "--rule", "frozen").returncode == 0

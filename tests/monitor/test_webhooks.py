@@ -76,9 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
         if server.delay_s:
             server.release.wait(server.delay_s)
         with server.lock:
-            server.received.append(
-                Received(dict(self.headers), body, verify_signature(SECRET, body, self.headers.get(SIGNATURE_HEADER, "")))
-            )
+            signed = verify_signature(SECRET, body, self.headers.get(SIGNATURE_HEADER, ""))
+            server.received.append(Received(dict(self.headers), body, signed))
             failing = server.fail > 0
             server.fail -= failing
         self.send_response(server.fail_status if failing else server.status)
@@ -235,7 +234,8 @@ def test_submit_from_many_threads_delivers_each_id_once(tmp_path, senders):
         for t in threads:
             t.join()
         assert sender.wait_idle(60)
-    assert sorted(got.headers[DELIVERY_HEADER] for got in r.received) == sorted(f"t{t}:{i}" for t in range(5) for i in range(20))
+    assert sorted(got.headers[DELIVERY_HEADER] for got in r.received) == sorted(f"t{t}:{i}" for t in range(5)
+                                                                                  for i in range(20))
     assert len(sender.deliveries(state="delivered")) == 100
 
 

@@ -7,7 +7,8 @@ def test_clock():
 
 
 def test_video_text_interleaves_headers_labels_placeholders_and_subtitles():
-    spans = [PromptSpan("cam1", 70.0, 72.0, (PromptFrame(5, 70.0, "hello"), PromptFrame(6, 71.0), PromptFrame(7, 72.0))),
+    spans = [PromptSpan("cam1", 70.0, 72.0,
+                        (PromptFrame(5, 70.0, "hello"), PromptFrame(6, 71.0), PromptFrame(7, 72.0))),
              PromptSpan("cam2", 3.0, 3.0, (PromptFrame(9, 3.0),))]
     text = video_text(spans, tokens_per_frame=2, label_every=2)
     assert text == (MOVIE_START + "\n[cam1 1:10-1:12]\n<1:10><image><image>hello<image><image><1:12><image><image>"

@@ -101,8 +101,8 @@ class FakeEngine:
 PICTURE = jpeg(200)
 
 
-def alert(alert_id: str, status: str = "open", *, stream_id: str = "cam", query_id: str = "van", clip: str | None = None,
-          wall_start: float = 1000.0, thumbnail: bytes | None = PICTURE) -> Alert:
+def alert(alert_id: str, status: str = "open", *, stream_id: str = "cam", query_id: str = "van",
+          clip: str | None = None, wall_start: float = 1000.0, thumbnail: bytes | None = PICTURE) -> Alert:
     """A row of alert `alert_id` ("a red van" on `stream_id`, media time 10-14 s once closed)."""
     closed = status == "closed"
     return Alert(alert_id=alert_id, query_id=query_id, kind="condition", condition="a red van", stream_id=stream_id,

@@ -101,7 +101,8 @@ def test_standing_query_errors_name_what_is_wrong(client):
 
     for method in ("patch", "delete"):
         missing = client.request(method, "/api/watch/nope", json={"paused": True})
-        assert missing.status_code == 404 and "'nope'" in missing.json()["detail"] and "gate" in missing.json()["detail"]
+        detail = missing.json()["detail"]
+        assert missing.status_code == 404 and "'nope'" in detail and "gate" in detail
     assert client.patch("/api/watch/gate", json={"paused": "later"}).status_code == 422
     assert [q["id"] for q in client.get("/api/watch").json()["queries"]] == ["gate"]
 
@@ -189,7 +190,8 @@ def test_alerts_list_their_latest_state_newest_first_with_thumbnail_and_clip_url
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert thumb.content == jpeg(90)  # the closing row's picture
     assert "has no thumbnail" in client.get("/api/alerts/b1/thumbnail").json()["detail"]
-    assert client.get("/api/alerts/b1/clip").json()["detail"] == "alert 'b1' has no clip yet: it is cut when the event ends"
+    assert client.get("/api/alerts/b1/clip").json()["detail"] == ("alert 'b1' has no clip yet: it is cut when the "
+                                                                  "event ends")
 
     video = (root / clip).read_bytes()
     full = client.get(a1["clip_url"])

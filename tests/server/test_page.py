@@ -165,7 +165,8 @@ def test_monitor_adds_a_query_shows_alerts_as_they_are_committed_and_plays_their
             driver.find_element(By.ID, "watch-streams").send_keys("cam")
             driver.find_element(By.ID, "watch-webhook").send_keys("https://hooks.example/van")
             driver.find_element(By.ID, "watch-add").click()
-            query = "const q = document.querySelector(\"li[data-query='q1']\"); return q && [q.className, q.textContent];"
+            query = ("const q = document.querySelector(\"li[data-query='q1']\"); "
+                     "return q && [q.className, q.textContent];")
             listed = wait.until(lambda d: d.execute_script(query))  # the list is redrawn: no element kept
             secret = QueryStore(IndexRoot.at(root)).get("q1").webhooks[0].secret
             assert listed[0] == "query" and "a red van at the gate" in listed[1] and "cam" in listed[1]
