@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["info", "repair", "tiny", "ask", "export-llm", "watch", "serve", "ingest", "monitor", "demo"]
+COMMANDS = ["info", "repair", "prune", "tiny", "ask", "export-llm", "watch", "serve", "ingest", "monitor", "demo"]
 
 
 def test_the_console_script_is_the_actors_entry_module():
