@@ -229,6 +229,10 @@ def test_a_worker_node_dying_mid_ingest_is_replaced_and_the_ingest_goes_on(clust
             wait_for(lambda: committed(root, "long") >= 8, 180, "frames committed", proc, log)
             assert first.pids("ray::EncoderActor")
             first.kill_raylet()
+            # the replacement joins once the driver has seen the node gone (on an idle machine it could
+            # otherwise join before the GCS declares the first one dead, and nothing would be waited for)
+            wait_for(lambda: "no live Ray node can host the encoders" in log.read_text(errors="replace"), 120,
+                     "the driver noticing that no node can host the encoders", proc, log)
             with ray_node(cluster.head, num_cpus=1, resources={"spare_node": 1}, hidden=cluster.data) as second:
                 wait_for(lambda: bool(second.pids("ray::EncoderActor")), 120, "the encoder restarted", proc, log)
                 proc.wait(timeout=180)
