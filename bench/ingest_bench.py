@@ -47,6 +47,7 @@ REAL_FEATURES = (257, 1408)  # EVA ViT-g at 224 px: 1 + 16 x 16 patches, 1408 ch
 RSS_CHILD = """
 import sys
 from indexer.media import SourceReader, parse_source
+from indexer.settings import ReaderOptions
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 rss = status("VmRSS")
