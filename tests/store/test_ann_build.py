@@ -8,6 +8,7 @@ import signal
 import threading
 
 import numpy as np
+import pytest
 
 from indexer.query.search import FrameSearch
 from indexer.store import IndexReader, ann
@@ -32,6 +33,18 @@ def hold_builds(started, gate) -> None:
         setattr(ann, name, held)
 
 
+@pytest.fixture
+def held_build(tmp_path, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """An index of 2000 frames in `tmp_path` whose builds are held (`hold_builds`) for this test:
+    (started, gate)."""
+    for name in ("build", "extend"):
+        monkeypatch.setattr(ann, name, getattr(ann, name))  # restored after the test
+    grow(tmp_path, 2000, seed=0)
+    started, gate = threading.Event(), threading.Event()
+    hold_builds(started, gate)
+    return started, gate
+
+
 def top_ids(root, queries: np.ndarray, k: int = 10) -> list[list[int]]:
     search = FrameSearch(IndexReader(IndexRoot.at(root)), SMALL)
     return [[hit.frame_id for hit in search.search(q, k)] for q in queries]
@@ -46,12 +59,8 @@ def vector_files(root) -> set[str]:
     return {s.file for s in m.vectors} | (m.approximate.files() if m.approximate else set())
 
 
-def test_commits_go_on_during_a_build_and_the_next_commit_swaps_it_in(tmp_path, monkeypatch):
-    for name in ("build", "extend"):
-        monkeypatch.setattr(ann, name, getattr(ann, name))  # restored after the test
-    grow(tmp_path, 2000, seed=0)
-    started, gate = threading.Event(), threading.Event()
-    hold_builds(started, gate)
+def test_commits_go_on_during_a_build_and_the_next_commit_swaps_it_in(tmp_path, held_build):
+    started, gate = held_build
     w = EmbeddingWriter(tmp_path, DIM, SMALL)
     w.writer.max_vector_shards = 2
     parts = [clustered(1000 if seed in (1, 5) else 500, DIM, seed) for seed in range(6)]
@@ -131,12 +140,8 @@ def test_a_sigkill_during_a_build_leaves_the_last_commit_and_no_stray_file_after
         assert new[0] == old[0] == q and len(set(new) & set(old)) >= 9
 
 
-def test_close_swaps_in_the_build_and_the_one_for_what_was_committed_during_it(tmp_path, monkeypatch):
-    for name in ("build", "extend"):
-        monkeypatch.setattr(ann, name, getattr(ann, name))  # restored after the test
-    grow(tmp_path, 2000, seed=0)
-    started, gate = threading.Event(), threading.Event()
-    hold_builds(started, gate)
+def test_close_swaps_in_the_build_and_the_one_for_what_was_committed_during_it(tmp_path, held_build):
+    started, gate = held_build
     w = EmbeddingWriter(tmp_path, DIM, SMALL)
     w.add("cam", clustered(1000, DIM, 1))
     w.commit()
